@@ -1,0 +1,392 @@
+//! The seam between the vCPU loop and a userspace local APIC.
+//!
+//! With `--irqchip user` KVM has no LAPIC. Every guest access to the APIC
+//! reaches the VMM as an exit, and the vCPU loop (`crate::vcpu`) calls
+//! the vCPU's [`LapicBackend`]:
+//!
+//! | guest does | KVM exit | backend call |
+//! |---|---|---|
+//! | xAPIC MMIO read/write in `[mmio_base(), +4 KiB)` | `KVM_EXIT_MMIO` | [`LapicBackend::mmio_read`] / [`LapicBackend::mmio_write`] |
+//! | RDMSR/WRMSR 0x800-0x8FF (x2APIC) | `KVM_EXIT_X86_RDMSR/WRMSR`, reason INVAL | [`LapicBackend::msr_read`] / [`LapicBackend::msr_write`] |
+//! | RDMSR/WRMSR 0x1B (APIC_BASE), 0x6E0 (TSC_DEADLINE) | same, reason FILTER (MSR filter denies them) | same |
+//! | MOV CR8 | none: `kvm_run.cr8` on every exit | [`LapicBackend::set_cr8`] after each exit, [`LapicBackend::cr8`] into `kvm_run.cr8` before each entry |
+//! | HLT | `KVM_EXIT_HLT` | [`LapicBackend::pending_interrupt`]; if nothing, the thread parks (`VcpuControl::park`) until woken or [`LapicBackend::next_deadline_ns`] |
+//!
+//! Before every `KVM_RUN` the loop asks [`LapicBackend::take_nmi`] (→
+//! `KVM_NMI`) and [`LapicBackend::pending_interrupt`]; when KVM says the
+//! guest can take an interrupt (`ready_for_interrupt_injection` and IF=1)
+//! it calls [`LapicBackend::acknowledge`] (IRR→ISR) and injects the vector
+//! with `KVM_INTERRUPT`, otherwise it sets `request_interrupt_window`.
+//!
+//! Cross-vCPU effects (IPIs, INIT, SIPI) are the backend's business: it
+//! gets every vCPU's [`VcpuControl`] in [`BackendContext`]; after making
+//! an interrupt pending in another vCPU's LAPIC it calls
+//! [`VcpuControl::wake`] on it (wakes it from HLT and kicks it out of
+//! `KVM_RUN`); INIT and Start-up IPIs go to [`VcpuControl::send_init`] /
+//! [`VcpuControl::send_sipi`], which drive the vCPU thread's INIT →
+//! wait-for-SIPI → real-mode start at `CS = vector << 8`.
+//!
+//! Time: all `now_ns` and deadlines are [`Clock`] nanoseconds.
+
+use std::sync::Arc;
+
+use crate::control::{Clock, VcpuControl};
+
+/// The access must fault: the guest gets #GP (`kvm_run.msr.error = 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gp;
+
+/// IA32_APIC_BASE.
+pub const MSR_APIC_BASE: u32 = 0x1b;
+/// IA32_TSC_DEADLINE.
+pub const MSR_TSC_DEADLINE: u32 = 0x6e0;
+/// First x2APIC MSR.
+pub const MSR_X2APIC_FIRST: u32 = 0x800;
+/// Last x2APIC MSR.
+pub const MSR_X2APIC_LAST: u32 = 0x8ff;
+/// Size of the xAPIC MMIO page.
+pub const APIC_MMIO_SIZE: u64 = 0x1000;
+
+/// Whether `msr` belongs to the local APIC (and goes to the backend).
+pub fn is_lapic_msr(msr: u32) -> bool {
+    msr == MSR_APIC_BASE
+        || msr == MSR_TSC_DEADLINE
+        || (MSR_X2APIC_FIRST..=MSR_X2APIC_LAST).contains(&msr)
+}
+
+/// Everything a backend needs to know when it is created for one vCPU.
+#[derive(Debug, Clone)]
+pub struct BackendContext {
+    /// vCPU index (0 = BSP).
+    pub cpu: u32,
+    /// Initial APIC ID (= x2APIC ID) of this vCPU.
+    pub apic_id: u32,
+    /// Whether this is the bootstrap processor.
+    pub bsp: bool,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// CPUID offers x2APIC.
+    pub x2apic: bool,
+    /// CPUID offers the TSC-deadline timer.
+    pub tsc_deadline: bool,
+    /// Guest TSC frequency in kHz (for TSC-deadline conversions).
+    pub tsc_khz: u32,
+    /// Control blocks of all vCPUs, indexed by vCPU index.
+    pub vcpus: Arc<Vec<Arc<VcpuControl>>>,
+    /// The VM clock.
+    pub clock: Clock,
+}
+
+/// One vCPU's local APIC as seen by the vCPU loop. Called only from that
+/// vCPU's thread; implementations share state with other vCPUs
+/// internally (e.g. `Arc<Mutex<LocalApic>>` per vCPU plus a router).
+pub trait LapicBackend: Send {
+    /// The xAPIC MMIO base while the APIC is enabled in xAPIC mode, else
+    /// `None` (then MMIO there is not the APIC's).
+    fn mmio_base(&self) -> Option<u64>;
+    /// Guest read of `data.len()` bytes at `offset` in the APIC page.
+    fn mmio_read(&mut self, now_ns: u64, offset: u64, data: &mut [u8]);
+    /// Guest write at `offset` in the APIC page.
+    fn mmio_write(&mut self, now_ns: u64, offset: u64, data: &[u8]);
+    /// Guest RDMSR of a LAPIC MSR ([`is_lapic_msr`]).
+    fn msr_read(&mut self, now_ns: u64, msr: u32) -> Result<u64, Gp>;
+    /// Guest WRMSR of a LAPIC MSR.
+    fn msr_write(&mut self, now_ns: u64, msr: u32, value: u64) -> Result<(), Gp>;
+    /// The vector the LAPIC would deliver now (highest deliverable IRR
+    /// vector above PPR), if any.
+    fn pending_interrupt(&mut self, now_ns: u64) -> Option<u8>;
+    /// The CPU takes the interrupt: IRR→ISR; returns the vector to inject
+    /// (the spurious vector if it was masked meanwhile).
+    fn acknowledge(&mut self, now_ns: u64) -> u8;
+    /// Takes a pending NMI (LVT or IPI).
+    fn take_nmi(&mut self) -> bool;
+    /// When the LAPIC timer (one-shot, periodic or TSC deadline) next fires.
+    fn next_deadline_ns(&self) -> Option<u64>;
+    /// TPR[7:4] as CR8.
+    fn cr8(&self) -> u8;
+    /// The guest wrote CR8 (seen in `kvm_run.cr8` after an exit).
+    fn set_cr8(&mut self, now_ns: u64, cr8: u8);
+}
+
+/// Creates the backend of one vCPU.
+pub type BackendFactory = Arc<dyn Fn(&BackendContext) -> Box<dyn LapicBackend> + Send + Sync>;
+
+/// A deliberately minimal LAPIC used until `vlapic` is wired in, to
+/// exercise the userspace plumbing: ID, version, TPR/PPR, SVR, EOI,
+/// ISR/IRR reads, self-IPIs (fixed, via ICR or x2APIC SELF_IPI) and the
+/// APIC_BASE / x2APIC mode switch. No timer, no IPIs to other vCPUs.
+#[derive(Debug)]
+pub struct StubLapic {
+    apic_id: u32,
+    base: u64,
+    irr: [u64; 4],
+    isr: [u64; 4],
+    tpr: u32,
+    svr: u32,
+    icr_hi: u32,
+    x2apic_allowed: bool,
+}
+
+const BASE_EN: u64 = 1 << 11;
+const BASE_EXTD: u64 = 1 << 10;
+const BASE_BSP: u64 = 1 << 8;
+
+fn highest(bits: &[u64; 4]) -> Option<u8> {
+    (0..4).rev().find_map(|i| {
+        let w = bits[i];
+        (w != 0).then(|| (i as u32 * 64 + 63 - w.leading_zeros()) as u8)
+    })
+}
+fn set_bit(bits: &mut [u64; 4], v: u8) {
+    bits[usize::from(v / 64)] |= 1 << (v % 64);
+}
+fn clear_bit(bits: &mut [u64; 4], v: u8) {
+    bits[usize::from(v / 64)] &= !(1 << (v % 64));
+}
+
+impl StubLapic {
+    /// A stub LAPIC in xAPIC mode at the default base.
+    pub fn new(ctx: &BackendContext) -> Self {
+        StubLapic {
+            apic_id: ctx.apic_id,
+            base: crate::layout::APIC_DEFAULT_BASE | BASE_EN | if ctx.bsp { BASE_BSP } else { 0 },
+            irr: [0; 4],
+            isr: [0; 4],
+            tpr: 0,
+            svr: 0xff,
+            icr_hi: 0,
+            x2apic_allowed: ctx.x2apic,
+        }
+    }
+
+    /// A factory for [`StubLapic`]s.
+    pub fn factory() -> BackendFactory {
+        Arc::new(|ctx| Box::new(StubLapic::new(ctx)) as Box<dyn LapicBackend>)
+    }
+
+    fn x2apic(&self) -> bool {
+        self.base & (BASE_EN | BASE_EXTD) == BASE_EN | BASE_EXTD
+    }
+
+    fn ppr(&self) -> u32 {
+        let isrv = highest(&self.isr).map_or(0, u32::from);
+        if (self.tpr & 0xf0) >= (isrv & 0xf0) {
+            self.tpr & 0xff
+        } else {
+            isrv & 0xf0
+        }
+    }
+
+    fn accept(&mut self, vector: u8) {
+        if vector >= 16 && self.svr & 0x100 != 0 {
+            set_bit(&mut self.irr, vector);
+        }
+    }
+
+    fn eoi(&mut self) {
+        if let Some(v) = highest(&self.isr) {
+            clear_bit(&mut self.isr, v);
+        }
+    }
+
+    fn icr_write(&mut self, lo: u32, dest: u32) {
+        let mode = (lo >> 8) & 7;
+        let shorthand = (lo >> 18) & 3;
+        let to_self = shorthand == 1 || shorthand == 2 || (shorthand == 0 && dest == self.apic_id);
+        if mode == 0 && to_self {
+            self.accept(lo as u8);
+        }
+    }
+
+    fn read_reg(&self, reg: u32) -> Option<u32> {
+        Some(match reg {
+            0x02 => {
+                if self.x2apic() {
+                    self.apic_id
+                } else {
+                    self.apic_id << 24
+                }
+            }
+            0x03 => 0x0005_0014,
+            0x08 => self.tpr,
+            0x0a => self.ppr(),
+            0x0f => self.svr,
+            0x10..=0x17 => {
+                (self.isr[((reg - 0x10) / 2) as usize] >> (32 * ((reg - 0x10) % 2))) as u32
+            }
+            0x20..=0x27 => {
+                (self.irr[((reg - 0x20) / 2) as usize] >> (32 * ((reg - 0x20) % 2))) as u32
+            }
+            0x31 if !self.x2apic() => self.icr_hi,
+            0x30 | 0x32..=0x37 | 0x38 | 0x39 | 0x3e | 0x28 | 0x18..=0x1f => 0,
+            _ => return None,
+        })
+    }
+}
+
+impl LapicBackend for StubLapic {
+    fn mmio_base(&self) -> Option<u64> {
+        (self.base & (BASE_EN | BASE_EXTD) == BASE_EN).then_some(self.base & !0xfff)
+    }
+
+    fn mmio_read(&mut self, _now: u64, offset: u64, data: &mut [u8]) {
+        let reg = (offset >> 4) as u32;
+        let v = self.read_reg(reg).unwrap_or(0);
+        let shift = (offset & 0xf) as usize;
+        let bytes = v.to_le_bytes();
+        for (i, d) in data.iter_mut().enumerate() {
+            *d = bytes.get(shift + i).copied().unwrap_or(0);
+        }
+    }
+
+    fn mmio_write(&mut self, _now: u64, offset: u64, data: &[u8]) {
+        if offset & 0xf != 0 || data.len() != 4 {
+            return;
+        }
+        let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+        match offset >> 4 {
+            0x08 => self.tpr = v & 0xff,
+            0x0b => self.eoi(),
+            0x0f => self.svr = v & 0x1ff,
+            0x30 => self.icr_write(v, self.icr_hi >> 24),
+            0x31 => self.icr_hi = v & 0xff00_0000,
+            _ => {}
+        }
+    }
+
+    fn msr_read(&mut self, _now: u64, msr: u32) -> Result<u64, Gp> {
+        match msr {
+            MSR_APIC_BASE => Ok(self.base),
+            MSR_TSC_DEADLINE => Ok(0),
+            m if self.x2apic() && (MSR_X2APIC_FIRST..=MSR_X2APIC_LAST).contains(&m) => {
+                match m - MSR_X2APIC_FIRST {
+                    0x30 => Ok(0),
+                    0x0b | 0x3f | 0x31 | 0x0e => Err(Gp),
+                    r => self.read_reg(r).map(u64::from).ok_or(Gp),
+                }
+            }
+            _ => Err(Gp),
+        }
+    }
+
+    fn msr_write(&mut self, _now: u64, msr: u32, value: u64) -> Result<(), Gp> {
+        match msr {
+            MSR_APIC_BASE => {
+                let extd = value & BASE_EXTD != 0;
+                if (extd && !self.x2apic_allowed) || value & 0x2ff != 0 {
+                    return Err(Gp);
+                }
+                self.base = (value & !BASE_BSP) | (self.base & BASE_BSP);
+                Ok(())
+            }
+            MSR_TSC_DEADLINE => Ok(()),
+            m if self.x2apic() && (MSR_X2APIC_FIRST..=MSR_X2APIC_LAST).contains(&m) => {
+                let lo = value as u32;
+                if m != 0x830 && value >> 32 != 0 {
+                    return Err(Gp);
+                }
+                match m - MSR_X2APIC_FIRST {
+                    0x08 => self.tpr = lo & 0xff,
+                    0x0b if lo == 0 => self.eoi(),
+                    0x0f => self.svr = lo & 0x1ff,
+                    0x30 => self.icr_write(lo, (value >> 32) as u32),
+                    0x3f if lo <= 0xff => self.accept(lo as u8),
+                    _ => return Err(Gp),
+                }
+                Ok(())
+            }
+            _ => Err(Gp),
+        }
+    }
+
+    fn pending_interrupt(&mut self, _now: u64) -> Option<u8> {
+        let v = highest(&self.irr)?;
+        (u32::from(v) & 0xf0 > self.ppr() & 0xf0).then_some(v)
+    }
+
+    fn acknowledge(&mut self, now: u64) -> u8 {
+        match self.pending_interrupt(now) {
+            Some(v) => {
+                clear_bit(&mut self.irr, v);
+                set_bit(&mut self.isr, v);
+                v
+            }
+            None => self.svr as u8,
+        }
+    }
+
+    fn take_nmi(&mut self) -> bool {
+        false
+    }
+
+    fn next_deadline_ns(&self) -> Option<u64> {
+        None
+    }
+
+    fn cr8(&self) -> u8 {
+        (self.tpr >> 4) as u8
+    }
+
+    fn set_cr8(&mut self, _now: u64, cr8: u8) {
+        self.tpr = u32::from(cr8 & 0xf) << 4;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::RunState;
+
+    fn ctx() -> BackendContext {
+        BackendContext {
+            cpu: 0,
+            apic_id: 0,
+            bsp: true,
+            cpus: 1,
+            x2apic: true,
+            tsc_deadline: true,
+            tsc_khz: 1_000_000,
+            vcpus: Arc::new(vec![Arc::new(VcpuControl::new(0, RunState::Running))]),
+            clock: Clock::new(),
+        }
+    }
+
+    #[test]
+    fn stub_self_ipi_ack_eoi() {
+        let mut l = StubLapic::new(&ctx());
+        assert_eq!(l.mmio_base(), Some(0xfee0_0000));
+        l.mmio_write(0, 0xf0, &0x1ffu32.to_le_bytes());
+        l.mmio_write(0, 0x300, &0x0004_0040u32.to_le_bytes());
+        assert_eq!(l.pending_interrupt(0), Some(0x40));
+        // TPR class 4 masks vector 0x40.
+        l.set_cr8(0, 4);
+        assert_eq!(l.pending_interrupt(0), None);
+        l.set_cr8(0, 0);
+        assert_eq!(l.acknowledge(0), 0x40);
+        let mut isr = [0u8; 4];
+        l.mmio_read(0, 0x120, &mut isr);
+        assert_eq!(u32::from_le_bytes(isr), 1);
+        l.mmio_write(0, 0xb0, &[0; 4]);
+        l.mmio_read(0, 0x120, &mut isr);
+        assert_eq!(u32::from_le_bytes(isr), 0);
+        assert_eq!(l.acknowledge(0), 0xff); // spurious
+    }
+
+    #[test]
+    fn stub_x2apic_msrs() {
+        let mut l = StubLapic::new(&ctx());
+        assert_eq!(l.msr_read(0, 0x802), Err(Gp)); // xAPIC mode
+        l.msr_write(0, MSR_APIC_BASE, 0xfee0_0000 | BASE_EN | BASE_EXTD)
+            .unwrap();
+        assert_eq!(l.mmio_base(), None);
+        assert_eq!(l.msr_read(0, MSR_APIC_BASE).unwrap() & BASE_BSP, BASE_BSP);
+        assert_eq!(l.msr_read(0, 0x802), Ok(0));
+        assert_eq!(l.msr_read(0, 0x83f), Err(Gp));
+        l.msr_write(0, 0x80f, 0x1ff).unwrap();
+        l.msr_write(0, 0x83f, 0x50).unwrap();
+        assert_eq!(l.pending_interrupt(0), Some(0x50));
+        assert_eq!(l.msr_write(0, 0x80b, 1), Err(Gp));
+        assert_eq!(l.msr_write(0, 0x808, 1 << 32), Err(Gp));
+        assert!(is_lapic_msr(0x1b) && is_lapic_msr(0x8ff) && !is_lapic_msr(0x10));
+    }
+}

@@ -1,0 +1,34 @@
+//! `vlapic-vmm`: a small KVM-based VMM that runs test guests with the local
+//! APIC either in KVM (`--irqchip kernel`) or in userspace
+//! (`--irqchip user`, behind [`lapic_backend::LapicBackend`]).
+//!
+//! Modules:
+//! - [`args`]: command line.
+//! - [`layout`], [`loader`], [`boot`]: guest memory, ELF64 / multiboot /
+//!   flat loaders, initial CPU state (page tables, GDT, modes).
+//! - [`cpuid`]: per-vCPU CPUID.
+//! - [`devices`]: serial, isa-debug-exit, fw_cfg.
+//! - [`control`]: per-vCPU control block (INIT/SIPI, park/wake, kick),
+//!   VM clock, timer service.
+//! - [`lapic_backend`]: the userspace-LAPIC seam.
+//! - [`vcpu`]: the vCPU thread loop; [`vm`]: VM setup and [`vm::run`].
+
+#![warn(missing_docs)]
+
+pub mod args;
+pub mod boot;
+pub mod control;
+pub mod cpuid;
+pub mod devices;
+pub mod error;
+pub mod lapic_backend;
+pub mod layout;
+pub mod loader;
+pub mod vcpu;
+pub mod vm;
+
+pub use error::{Error, Result};
+pub use vm::{run, EXIT_TIMEOUT};
+
+/// Exit status of the VMM process on a VMM or guest error.
+pub const EXIT_ERROR: i32 = 2;

@@ -1,0 +1,474 @@
+//! The vCPU thread: `KVM_RUN` loop, exit dispatch, userspace-LAPIC
+//! injection, HLT parking, INIT/SIPI handling.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_fpu, kvm_interrupt, kvm_regs, kvm_sregs};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::ioctl::ioctl_with_ref;
+
+use crate::args::IrqchipMode;
+use crate::boot;
+use crate::control::{Action, ThreadRunGuard, VcpuControl, Wake};
+use crate::devices::IoEvent;
+use crate::lapic_backend::{is_lapic_msr, LapicBackend, APIC_MMIO_SIZE};
+use crate::vm::{Outcome, VmShared};
+
+mod ioctls {
+    #![allow(missing_docs)]
+    use kvm_bindings::{kvm_interrupt, KVMIO};
+    vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, KVMIO, 0x86, kvm_interrupt);
+}
+use ioctls::KVM_INTERRUPT;
+
+/// Injects an external interrupt with `KVM_INTERRUPT` (no in-kernel irqchip).
+pub fn inject_interrupt(vcpu: &VcpuFd, vector: u8) -> std::io::Result<()> {
+    let irq = kvm_interrupt {
+        irq: u32::from(vector),
+    };
+    // SAFETY: KVM_INTERRUPT reads a kvm_interrupt we own; checked result.
+    let r = unsafe { ioctl_with_ref(vcpu, KVM_INTERRUPT(), &irq) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Per-vCPU exit statistics.
+#[derive(Debug, Default, Clone)]
+pub struct VcpuStats {
+    /// Exits by kind.
+    pub exits: BTreeMap<&'static str, u64>,
+    /// `KVM_RUN` calls.
+    pub runs: u64,
+    /// Time spent inside `KVM_RUN`.
+    pub in_run: Duration,
+    /// Interrupts injected with `KVM_INTERRUPT`.
+    pub injected: u64,
+}
+
+/// Everything a vCPU thread owns.
+pub struct VcpuThread {
+    /// vCPU index.
+    pub index: u32,
+    /// The KVM vCPU.
+    pub vcpu: VcpuFd,
+    /// Its control block.
+    pub ctl: Arc<VcpuControl>,
+    /// VM-wide shared state.
+    pub vm: Arc<VmShared>,
+    /// Userspace LAPIC (only with `--irqchip user`).
+    pub lapic: Option<Box<dyn LapicBackend>>,
+    /// Initial registers (boot CPU); APs start via INIT/SIPI.
+    pub initial: Option<(kvm_regs, kvm_sregs)>,
+    /// Statistics.
+    pub stats: VcpuStats,
+}
+
+/// What to do after an exit was decoded (the exit borrows the vCPU).
+enum Next {
+    Continue,
+    Halt,
+    Finish(Outcome),
+    Fatal(String),
+    InternalError,
+}
+
+impl VcpuThread {
+    fn trace(&self, msg: impl FnOnce() -> String) {
+        if self.vm.trace {
+            eprintln!("[vcpu{}] {}", self.index, msg());
+        }
+    }
+
+    fn count(&mut self, kind: &'static str) {
+        *self.stats.exits.entry(kind).or_insert(0) += 1;
+    }
+
+    fn set_state(&mut self, (r, s): (kvm_regs, kvm_sregs)) -> Result<(), String> {
+        self.vcpu
+            .set_sregs(&s)
+            .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
+        self.vcpu
+            .set_regs(&r)
+            .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+        let fpu = kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        };
+        self.vcpu
+            .set_fpu(&fpu)
+            .map_err(|e| format!("KVM_SET_FPU: {e}"))?;
+        Ok(())
+    }
+
+    fn current_sregs(&self) -> Result<kvm_sregs, String> {
+        self.vcpu
+            .get_sregs()
+            .map_err(|e| format!("KVM_GET_SREGS: {e}"))
+    }
+
+    /// INIT → wait for SIPI → real-mode start. Returns false on stop.
+    fn startup(&mut self) -> Result<bool, String> {
+        let base = self.current_sregs()?;
+        self.set_state(boot::init_state(&base))?;
+        self.trace(|| "INIT: waiting for SIPI".into());
+        match self.ctl.wait_for_startup() {
+            None => Ok(false),
+            Some(v) => {
+                self.trace(|| {
+                    format!(
+                        "SIPI vector {v:#04x}: starting at {:#x}",
+                        u32::from(v) << 12
+                    )
+                });
+                let base = self.current_sregs()?;
+                self.set_state(boot::sipi_state(&base, v))?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Runs the vCPU until the VM stops. Never panics on guest input.
+    pub fn run(mut self) -> VcpuStats {
+        self.ctl.bind_current_thread();
+        let _guard = ThreadRunGuard::new(self.vcpu.get_kvm_run());
+        let result = self.run_inner();
+        if let Err(msg) = result {
+            self.vm
+                .finish(Outcome::Error(format!("vCPU {}: {msg}", self.index)));
+        }
+        self.stats
+    }
+
+    fn run_inner(&mut self) -> Result<(), String> {
+        if let Some(st) = self.initial.take() {
+            self.set_state(st)?;
+        } else if self.lapic.is_some() {
+            // AP with a userspace LAPIC: wait for INIT and SIPI.
+            if !self.startup()? {
+                return Ok(());
+            }
+        }
+        // With KVM's LAPIC an AP just enters KVM_RUN; KVM keeps it in
+        // wait-for-SIPI itself.
+        let user = self.vm.irqchip == IrqchipMode::User;
+        let mut last_cr8: u8 = 0;
+        loop {
+            match self.ctl.next_action() {
+                Action::Stop => return Ok(()),
+                Action::Init => {
+                    if !self.startup()? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Action::Run => {}
+            }
+            self.ctl.enter_guest();
+            if user {
+                self.prepare_entry()?;
+            }
+            let t0 = Instant::now();
+            self.stats.runs += 1;
+            let next = self.run_once();
+            self.stats.in_run += t0.elapsed();
+            self.ctl.exit_guest();
+            if user {
+                let cr8 = (self.vcpu.get_kvm_run().cr8 & 0xf) as u8;
+                if let Some(l) = self.lapic.as_mut() {
+                    if cr8 != last_cr8 || cr8 != l.cr8() {
+                        l.set_cr8(self.vm.clock.now_ns(), cr8);
+                    }
+                }
+                last_cr8 = cr8;
+            }
+            match next {
+                Next::Continue => {}
+                Next::Halt => self.halt(),
+                Next::Finish(o) => {
+                    self.vm.finish(o);
+                    return Ok(());
+                }
+                Next::Fatal(msg) => return Err(format!("{msg}\n{}", self.dump())),
+                Next::InternalError => return Err(self.internal_error()),
+            }
+        }
+    }
+
+    /// Userspace LAPIC: timer arming, NMI, CR8 and interrupt injection.
+    fn prepare_entry(&mut self) -> Result<(), String> {
+        let now = self.vm.clock.now_ns();
+        let Some(lapic) = self.lapic.as_mut() else {
+            return Ok(());
+        };
+        if let Some(t) = &self.vm.timers {
+            t.arm(self.index as usize, lapic.next_deadline_ns());
+        }
+        if lapic.take_nmi() {
+            self.vcpu.nmi().map_err(|e| format!("KVM_NMI: {e}"))?;
+        }
+        let cr8 = lapic.cr8();
+        let pending = lapic.pending_interrupt(now).is_some();
+        let run = self.vcpu.get_kvm_run();
+        run.cr8 = u64::from(cr8);
+        let can_inject = run.ready_for_interrupt_injection != 0 && run.if_flag != 0;
+        if pending && can_inject {
+            let v = lapic.acknowledge(now);
+            let more = lapic.pending_interrupt(now).is_some();
+            self.vcpu.get_kvm_run().request_interrupt_window = u8::from(more);
+            inject_interrupt(&self.vcpu, v).map_err(|e| format!("KVM_INTERRUPT {v:#x}: {e}"))?;
+            self.stats.injected += 1;
+            if self.vm.trace {
+                eprintln!("[vcpu{}] inject vector {v:#04x}", self.index);
+            }
+        } else {
+            self.vcpu.get_kvm_run().request_interrupt_window = u8::from(pending);
+        }
+        Ok(())
+    }
+
+    /// HLT with a userspace LAPIC: park until an interrupt is deliverable
+    /// (IF=1 and above PPR), an NMI is pending, INIT or stop. Returning to
+    /// the guest without one of those would be a spurious HLT wake-up.
+    fn halt(&mut self) {
+        loop {
+            let now = self.vm.clock.now_ns();
+            let if_flag = self.vcpu.get_kvm_run().if_flag != 0;
+            let Some(lapic) = self.lapic.as_mut() else {
+                return;
+            };
+            if lapic.take_nmi() {
+                if let Err(e) = self.vcpu.nmi() {
+                    eprintln!("vlapic-vmm: vCPU {}: KVM_NMI: {e}", self.index);
+                }
+                return;
+            }
+            if if_flag && lapic.pending_interrupt(now).is_some() {
+                return;
+            }
+            // Never spin on a deadline that is already due: the LAPIC
+            // accounts for it in pending_interrupt(now).
+            let until = lapic
+                .next_deadline_ns()
+                .map(|d| self.vm.clock.instant_at(d.max(now + 1_000)));
+            match self.ctl.park(until) {
+                Wake::Woken | Wake::Timeout => continue,
+                Wake::Control => return,
+            }
+        }
+    }
+
+    fn run_once(&mut self) -> Next {
+        let now = self.vm.clock.now_ns();
+        let trace = self.vm.trace;
+        let idx = self.index;
+        let vm = self.vm.clone();
+        let exit = self.vcpu.run();
+        let (kind, next): (&'static str, Next) = match exit {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                let (claimed, ev) = vm.bus.pio_out(port, data);
+                if trace {
+                    eprintln!("[vcpu{idx}] out port {port:#x} data {data:02x?}{}", if claimed { "" } else { " (unclaimed)" });
+                }
+                match ev {
+                    Some(IoEvent::Exit(status)) => ("io_out", Next::Finish(Outcome::Exit(status))),
+                    None => ("io_out", Next::Continue),
+                }
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                let claimed = vm.bus.pio_in(port, data);
+                if trace {
+                    eprintln!("[vcpu{idx}] in port {port:#x} -> {data:02x?}{}", if claimed { "" } else { " (unclaimed)" });
+                }
+                ("io_in", Next::Continue)
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                let lapic = self.lapic.as_mut().filter(|l| in_apic_page(l.mmio_base(), addr));
+                match lapic {
+                    Some(l) => {
+                        let base = l.mmio_base().unwrap_or(0);
+                        l.mmio_read(now, addr - base, data);
+                    }
+                    None => data.fill(0xff),
+                }
+                if trace {
+                    eprintln!("[vcpu{idx}] mmio read {addr:#x} -> {data:02x?}");
+                }
+                ("mmio_read", Next::Continue)
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if trace {
+                    eprintln!("[vcpu{idx}] mmio write {addr:#x} <- {data:02x?}");
+                }
+                let lapic = self.lapic.as_mut().filter(|l| in_apic_page(l.mmio_base(), addr));
+                if let Some(l) = lapic {
+                    let base = l.mmio_base().unwrap_or(0);
+                    l.mmio_write(now, addr - base, data);
+                }
+                ("mmio_write", Next::Continue)
+            }
+            Ok(VcpuExit::X86Rdmsr(exit)) => {
+                let r = match self.lapic.as_mut() {
+                    Some(l) if is_lapic_msr(exit.index) => l.msr_read(now, exit.index),
+                    _ => Err(crate::lapic_backend::Gp),
+                };
+                match r {
+                    Ok(v) => *exit.data = v,
+                    Err(_) => *exit.error = 1,
+                }
+                if trace {
+                    eprintln!("[vcpu{idx}] rdmsr {:#x} ({:?}) -> {r:x?}", exit.index, exit.reason);
+                }
+                ("rdmsr", Next::Continue)
+            }
+            Ok(VcpuExit::X86Wrmsr(exit)) => {
+                let r = match self.lapic.as_mut() {
+                    Some(l) if is_lapic_msr(exit.index) => l.msr_write(now, exit.index, exit.data),
+                    _ => Err(crate::lapic_backend::Gp),
+                };
+                if r.is_err() {
+                    *exit.error = 1;
+                }
+                if trace {
+                    eprintln!("[vcpu{idx}] wrmsr {:#x} <- {:#x} ({:?}) -> {r:?}", exit.index, exit.data, exit.reason);
+                }
+                ("wrmsr", Next::Continue)
+            }
+            Ok(VcpuExit::Hlt) => {
+                if trace {
+                    eprintln!("[vcpu{idx}] hlt");
+                }
+                ("hlt", if self.lapic.is_some() { Next::Halt } else { Next::Continue })
+            }
+            Ok(VcpuExit::IrqWindowOpen) => ("irq_window", Next::Continue),
+            Ok(VcpuExit::Intr) => ("intr", Next::Continue),
+            Ok(VcpuExit::Shutdown) => (
+                "shutdown",
+                Next::Fatal("triple fault (KVM_EXIT_SHUTDOWN): the guest took an exception it could not handle".into()),
+            ),
+            Ok(VcpuExit::InternalError) => ("internal_error", Next::InternalError),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => (
+                "fail_entry",
+                Next::Fatal(format!("KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on host cpu {cpu}")),
+            ),
+            Ok(VcpuExit::SystemEvent(ty, data)) => match ty {
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => ("system_event", Next::Finish(Outcome::Exit(0))),
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => {
+                    ("system_event", Next::Fatal("guest requested a reset (not supported)".into()))
+                }
+                _ => ("system_event", Next::Fatal(format!("KVM_EXIT_SYSTEM_EVENT type {ty} data {data:x?}"))),
+            },
+            Ok(VcpuExit::Unsupported(r)) => ("unsupported", Next::Fatal(format!("unsupported KVM exit reason {r}"))),
+            Ok(other) => ("unsupported", Next::Fatal(format!("unsupported KVM exit {other:?}"))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.vcpu.set_kvm_immediate_exit(0);
+                ("kick", Next::Continue)
+            }
+            Err(e) => ("error", Next::Fatal(format!("KVM_RUN failed: {e}"))),
+        };
+        self.count(kind);
+        next
+    }
+
+    /// Describes a `KVM_EXIT_INTERNAL_ERROR`, with RIP and instruction
+    /// bytes for emulation failures.
+    fn internal_error(&mut self) -> String {
+        let internal = {
+            let run = self.vcpu.get_kvm_run();
+            // SAFETY: exit_reason was KVM_EXIT_INTERNAL_ERROR, so `internal`
+            // is the active union member.
+            unsafe { run.__bindgen_anon_1.internal }
+        };
+        let regs = self.vcpu.get_regs().ok();
+        let sregs = self.vcpu.get_sregs().ok();
+        let rip = regs.map_or(0, |r| r.rip);
+        let cs_base = sregs.map_or(0, |s| s.cs.base);
+        let mut msg = match internal.suberror {
+            kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => {
+                let ndata = (internal.ndata as usize).min(internal.data.len());
+                let mut bytes: Vec<u8> = Vec::new();
+                if ndata >= 3
+                    && internal.data[0]
+                        & u64::from(
+                            kvm_bindings::KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
+                        )
+                        != 0
+                {
+                    // data[0] = flags, then insn_size (u8) and insn_bytes[15].
+                    let raw: Vec<u8> = internal.data[1..3]
+                        .iter()
+                        .flat_map(|d| d.to_le_bytes())
+                        .collect();
+                    let n = usize::from(raw[0]).min(15);
+                    bytes.extend_from_slice(&raw[1..1 + n]);
+                }
+                if bytes.is_empty() {
+                    bytes = self.guest_bytes(cs_base.wrapping_add(rip), 15);
+                }
+                format!(
+                    "emulation failure (KVM_EXIT_INTERNAL_ERROR) at RIP {rip:#x}: instruction bytes {}",
+                    hex(&bytes)
+                )
+            }
+            s => format!(
+                "KVM_EXIT_INTERNAL_ERROR suberror {s} at RIP {rip:#x}, data {:x?}",
+                &internal.data[..(internal.ndata as usize).min(16)]
+            ),
+        };
+        msg.push('\n');
+        msg.push_str(&self.dump());
+        msg
+    }
+
+    /// Reads up to `n` bytes of guest code at linear address `lin`.
+    fn guest_bytes(&self, lin: u64, n: usize) -> Vec<u8> {
+        let gpa = self
+            .vcpu
+            .translate_gva(lin)
+            .ok()
+            .filter(|t| t.valid != 0)
+            .map_or(lin, |t| t.physical_address);
+        let mut out = Vec::new();
+        for i in 0..n as u64 {
+            match self.vm.mem.read_obj::<u8>(GuestAddress(gpa + i)) {
+                Ok(b) => out.push(b),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Register dump for error reports.
+    pub fn dump(&self) -> String {
+        let (Ok(r), Ok(s)) = (self.vcpu.get_regs(), self.vcpu.get_sregs()) else {
+            return "  (registers unavailable)".into();
+        };
+        format!(
+            "  rip={:#018x} rsp={:#018x} rflags={:#010x}\n  rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}\n  rsi={:#018x} rdi={:#018x} rbp={:#018x}\n  r8 ={:#018x} r9 ={:#018x} r10={:#018x} r11={:#018x}\n  r12={:#018x} r13={:#018x} r14={:#018x} r15={:#018x}\n  cs={:#06x} (base {:#x} l={} db={}) ss={:#06x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} apic_base={:#x}\n  idt base={:#x} limit={:#x} gdt base={:#x} limit={:#x}\n  code at rip: {}",
+            r.rip, r.rsp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15,
+            s.cs.selector, s.cs.base, s.cs.l, s.cs.db, s.ss.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.apic_base,
+            s.idt.base, s.idt.limit, s.gdt.base, s.gdt.limit,
+            hex(&self.guest_bytes(s.cs.base.wrapping_add(r.rip), 16)),
+        )
+    }
+}
+
+fn in_apic_page(base: Option<u64>, addr: u64) -> bool {
+    base.is_some_and(|b| addr >= b && addr < b + APIC_MMIO_SIZE)
+}
+
+fn hex(b: &[u8]) -> String {
+    if b.is_empty() {
+        return "(unreadable)".into();
+    }
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

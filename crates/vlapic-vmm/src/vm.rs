@@ -1,0 +1,382 @@
+//! VM creation and the top-level run function.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_enable_cap, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{
+    Cap, Kvm, MsrExitReason, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd,
+};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+
+use crate::args::{Config, IrqchipMode, SerialOut};
+use crate::boot;
+use crate::control::{install_kick_handler, Clock, RunState, TimerService, VcpuControl};
+use crate::cpuid::{self, CpuidParams};
+use crate::devices::fw_cfg::FwCfg;
+use crate::devices::serial::new_serial;
+use crate::devices::IoBus;
+use crate::error::{kvm, Error, Result};
+use crate::lapic_backend::{
+    BackendContext, BackendFactory, StubLapic, MSR_APIC_BASE, MSR_TSC_DEADLINE,
+};
+use crate::layout;
+use crate::loader;
+use crate::vcpu::{VcpuStats, VcpuThread};
+
+/// Process exit status on `--timeout`.
+pub const EXIT_TIMEOUT: i32 = 124;
+/// LAPIC timer frequency KVM's in-kernel LAPIC uses (1 GHz bus).
+pub const APIC_BUS_KHZ: u32 = 1_000_000;
+
+/// How the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit the VMM with this status (debug-exit, clean shutdown, timeout).
+    Exit(i32),
+    /// A fatal guest or VMM condition (triple fault, emulation failure...).
+    Error(String),
+}
+
+/// State shared by all vCPU threads.
+pub struct VmShared {
+    /// Port-I/O devices.
+    pub bus: IoBus,
+    /// Guest memory (for error reports).
+    pub mem: GuestMemoryMmap,
+    /// The VM clock.
+    pub clock: Clock,
+    /// LAPIC owner.
+    pub irqchip: IrqchipMode,
+    /// Log every exit.
+    pub trace: bool,
+    /// Timer service (userspace LAPIC only).
+    pub timers: Option<Arc<TimerService>>,
+    /// All vCPU control blocks.
+    pub vcpus: Arc<Vec<Arc<VcpuControl>>>,
+    outcome: Mutex<(Option<Outcome>, usize)>,
+    done: Condvar,
+}
+
+impl VmShared {
+    /// Records how the VM ended (first caller wins) and stops all vCPUs.
+    pub fn finish(&self, o: Outcome) {
+        {
+            let mut g = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+            if g.0.is_none() {
+                g.0 = Some(o);
+            }
+        }
+        self.done.notify_all();
+        for v in self.vcpus.iter() {
+            v.stop();
+        }
+    }
+
+    fn thread_exited(&self) {
+        self.outcome.lock().unwrap_or_else(|e| e.into_inner()).1 -= 1;
+        self.done.notify_all();
+    }
+}
+
+fn open_serial(s: &SerialOut) -> Result<Box<dyn Write + Send>> {
+    Ok(match s {
+        SerialOut::Stdout => Box::new(std::io::stdout()),
+        SerialOut::None => Box::new(std::io::sink()),
+        SerialOut::File(p) => Box::new(
+            File::create(p)
+                .map_err(|e| Error::Io(format!("creating serial file {}", p.display()), e))?,
+        ),
+    })
+}
+
+/// Opens `/dev/kvm` with a clear error.
+pub fn open_kvm() -> Result<Kvm> {
+    Kvm::new().map_err(|e| {
+        let why = match e.errno() {
+            libc::ENOENT => "/dev/kvm does not exist (no KVM on this machine)".to_string(),
+            libc::EACCES | libc::EPERM => "permission denied opening /dev/kvm".to_string(),
+            _ => format!("cannot open /dev/kvm: {e}"),
+        };
+        Error::NoKvm(why)
+    })
+}
+
+fn setup_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| Error::Memory(format!("{e}")))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region outlives the VM (both live until run() returns
+        // and the VM fd is dropped first: `vm` is declared after `mem`).
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
+
+/// Userspace-LAPIC KVM plumbing: no irqchip; LAPIC MSRs exit to userspace
+/// (x2APIC MSRs because KVM refuses them with reason INVAL; APIC_BASE and
+/// TSC_DEADLINE because an MSR filter denies them, reason FILTER).
+pub fn setup_userspace_lapic(vm: &VmFd) -> Result<()> {
+    let mut cap = kvm_enable_cap {
+        cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
+        ..Default::default()
+    };
+    cap.args[0] = u64::from((MsrExitReason::Inval | MsrExitReason::Filter).bits());
+    vm.enable_cap(&cap)
+        .map_err(kvm("enabling KVM_CAP_X86_USER_SPACE_MSR"))?;
+    let deny = [0u8; 1];
+    let ranges = [
+        MsrFilterRange {
+            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+            base: MSR_APIC_BASE,
+            msr_count: 1,
+            bitmap: &deny,
+        },
+        MsrFilterRange {
+            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+            base: MSR_TSC_DEADLINE,
+            msr_count: 1,
+            bitmap: &deny,
+        },
+    ];
+    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
+        .map_err(kvm("KVM_X86_SET_MSR_FILTER"))?;
+    Ok(())
+}
+
+/// Runs the VM described by `cfg` until it ends; returns the process exit
+/// status. With `--irqchip user`, the LAPIC of each vCPU comes from
+/// `factory` (default: [`StubLapic`], which only knows self-IPIs).
+pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
+    let image = std::fs::read(&cfg.kernel)
+        .map_err(|e| Error::Image(format!("cannot read {}: {e}", cfg.kernel.display())))?;
+    let ram = cfg.memory_mib << 20;
+    let mem = layout::create_memory(ram)?;
+    let entry = loader::load_kernel(&mem, &image, cfg.format, cfg.flat_addr, ram, &cfg.cmdline)?;
+    boot::write_gdt(&mem)?;
+    boot::write_page_tables(&mem)?;
+
+    let kvm_sys = open_kvm()?;
+    install_kick_handler()
+        .map_err(|e| Error::Io("installing the kick signal handler".into(), e))?;
+    let vm = kvm_sys.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
+    setup_memory(&vm, &mem)?;
+    if let Err(e) = vm.set_tss_address(0xfffb_d000) {
+        if cfg.trace {
+            eprintln!("vlapic-vmm: KVM_SET_TSS_ADDR: {e} (ignored)");
+        }
+    }
+    match cfg.irqchip {
+        IrqchipMode::Kernel => {
+            vm.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
+            if cfg.tsc_deadline && !kvm_sys.check_extension(Cap::TscDeadlineTimer) {
+                eprintln!(
+                    "vlapic-vmm: warning: KVM has no TSC-deadline timer; CPUID offers it anyway"
+                );
+            }
+        }
+        IrqchipMode::User => {
+            setup_userspace_lapic(&vm)?;
+            if factory.is_none() {
+                eprintln!(
+                    "vlapic-vmm: userspace LAPIC not wired yet: using the minimal stub LAPIC (self-IPIs only)"
+                );
+            }
+        }
+    }
+    let factory = factory.unwrap_or_else(StubLapic::factory);
+    let supported = kvm_sys
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
+
+    let clock = Clock::new();
+    let controls: Arc<Vec<Arc<VcpuControl>>> = Arc::new(
+        (0..cfg.cpus)
+            .map(|i| {
+                Arc::new(VcpuControl::new(
+                    i,
+                    if i == 0 {
+                        RunState::Running
+                    } else {
+                        RunState::WaitForInit
+                    },
+                ))
+            })
+            .collect(),
+    );
+    let timers =
+        (cfg.irqchip == IrqchipMode::User).then(|| TimerService::start(clock, controls.to_vec()));
+    let shared = Arc::new(VmShared {
+        bus: IoBus::new(
+            new_serial(open_serial(&cfg.serial)?),
+            FwCfg::new(ram, cfg.cpus as u16),
+        ),
+        mem: mem.clone(),
+        clock,
+        irqchip: cfg.irqchip,
+        trace: cfg.trace,
+        timers: timers.clone(),
+        vcpus: controls.clone(),
+        outcome: Mutex::new((None, cfg.cpus as usize)),
+        done: Condvar::new(),
+    });
+
+    let mut tsc_khz = 0;
+    let mut threads = Vec::new();
+    for i in 0..cfg.cpus {
+        let vcpu = vm
+            .create_vcpu(u64::from(i))
+            .map_err(kvm("KVM_CREATE_VCPU"))?;
+        if i == 0 {
+            tsc_khz = vcpu
+                .get_tsc_khz()
+                .unwrap_or_else(|_| cpuid::measure_tsc_khz());
+        }
+        let mut entries = supported.as_slice().to_vec();
+        cpuid::adjust(
+            &mut entries,
+            &CpuidParams {
+                apic_id: i,
+                cpus: cfg.cpus,
+                x2apic: cfg.x2apic,
+                tsc_deadline: cfg.tsc_deadline,
+                tsc_khz,
+                apic_bus_khz: APIC_BUS_KHZ,
+            },
+        );
+        let cpuid = kvm_bindings::CpuId::from_entries(&entries)
+            .map_err(|e| Error::Memory(format!("CPUID table: {e:?}")))?;
+        vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
+        let initial = if i == 0 {
+            let base = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+            Some(boot::entry_state(entry, &base, i, cfg.cpus, ram))
+        } else {
+            None
+        };
+        let lapic = (cfg.irqchip == IrqchipMode::User).then(|| {
+            factory(&BackendContext {
+                cpu: i,
+                apic_id: i,
+                bsp: i == 0,
+                cpus: cfg.cpus,
+                x2apic: cfg.x2apic,
+                tsc_deadline: cfg.tsc_deadline,
+                tsc_khz,
+                vcpus: controls.clone(),
+                clock,
+            })
+        });
+        let t = VcpuThread {
+            index: i,
+            vcpu,
+            ctl: controls[i as usize].clone(),
+            vm: shared.clone(),
+            lapic,
+            initial,
+            stats: VcpuStats::default(),
+        };
+        let sh = shared.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("vcpu{i}"))
+            .spawn(move || {
+                let stats = t.run();
+                sh.thread_exited();
+                stats
+            })
+            .map_err(|e| Error::Io("spawning a vCPU thread".into(), e))?;
+        threads.push(h);
+    }
+    if cfg.trace {
+        eprintln!(
+            "vlapic-vmm: {} vCPU(s), {} MiB, irqchip {:?}, entry {entry:x?}, TSC {tsc_khz} kHz",
+            cfg.cpus, cfg.memory_mib, cfg.irqchip
+        );
+    }
+
+    // Wait for the outcome (or the timeout).
+    let started = Instant::now();
+    let outcome = {
+        let mut g = shared.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(o) = g.0.clone() {
+                break o;
+            }
+            if g.1 == 0 {
+                break Outcome::Error("all vCPU threads ended without an outcome".into());
+            }
+            match cfg.timeout {
+                None => g = shared.done.wait(g).unwrap_or_else(|e| e.into_inner()),
+                Some(t) => {
+                    let el = started.elapsed();
+                    if el >= t {
+                        eprintln!("vlapic-vmm: timeout after {:.1}s", t.as_secs_f64());
+                        break Outcome::Exit(EXIT_TIMEOUT);
+                    }
+                    g = shared
+                        .done
+                        .wait_timeout(g, t - el)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    };
+    let elapsed = started.elapsed();
+    shared.finish(outcome.clone());
+    if let Some(t) = &timers {
+        t.shutdown();
+    }
+    // Give the vCPU threads a moment to leave KVM_RUN; don't hang on one.
+    {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut g = shared.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        while g.1 > 0 && Instant::now() < deadline {
+            g = shared
+                .done
+                .wait_timeout(g, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            for v in controls.iter() {
+                v.stop();
+            }
+        }
+    }
+    let stats: Vec<Option<VcpuStats>> = threads
+        .into_iter()
+        .map(|h| if h.is_finished() { h.join().ok() } else { None })
+        .collect();
+    shared.bus.flush();
+    if cfg.stats {
+        eprintln!("vlapic-vmm: guest ran {:.3} s", elapsed.as_secs_f64());
+        for (i, s) in stats.iter().enumerate() {
+            if let Some(s) = s {
+                let per = if s.runs > 0 {
+                    s.in_run.as_micros() as f64 / s.runs as f64
+                } else {
+                    0.0
+                };
+                eprintln!(
+                    "vlapic-vmm: vcpu{i}: {} KVM_RUNs ({per:.1} us avg in KVM_RUN), {} injected, {} kicks, exits {:?}",
+                    s.runs,
+                    s.injected,
+                    controls[i].kicks(),
+                    s.exits
+                );
+            }
+        }
+    }
+    match outcome {
+        Outcome::Exit(s) => Ok(s),
+        Outcome::Error(msg) => Err(Error::Guest(msg)),
+    }
+}
