@@ -1,0 +1,1 @@
+//! Typed `kvm_lapic_state` (work in progress).
