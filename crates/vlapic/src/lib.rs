@@ -61,9 +61,12 @@ extern crate std;
 mod apic;
 pub mod config;
 pub mod event;
+#[cfg(feature = "fabric")]
+pub mod fabric;
 pub mod ipi;
 pub mod lvt;
 pub mod mode;
+pub mod msi;
 pub mod priority;
 pub mod regs;
 pub mod snapshot;

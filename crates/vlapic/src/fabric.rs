@@ -1,0 +1,1 @@
+//! Interrupt fabric: IPI and MSI routing across many vCPUs. Work in progress.
