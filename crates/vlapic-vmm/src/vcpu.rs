@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_fpu, kvm_interrupt, kvm_regs, kvm_sregs};
+use kvm_bindings::{kvm_fpu, kvm_interrupt, kvm_regs, kvm_run, kvm_sregs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::ioctl::ioctl_with_ref;
@@ -67,6 +67,10 @@ pub struct VcpuThread {
     pub initial: Option<(kvm_regs, kvm_sregs)>,
     /// Statistics.
     pub stats: VcpuStats,
+    /// Address of the vCPU's `kvm_run` (set on the vCPU thread).
+    run_ptr: usize,
+    /// CR8 written into `kvm_run` before the last entry.
+    entry_cr8: u8,
 }
 
 /// What to do after an exit was decoded (the exit borrows the vCPU).
@@ -79,6 +83,19 @@ enum Next {
 }
 
 impl VcpuThread {
+    /// Bundles what a vCPU thread needs; `initial` is the entry state of
+    /// the boot CPU (`None` for APs, which start through INIT/SIPI).
+    pub fn new(
+        index: u32,
+        vcpu: VcpuFd,
+        ctl: Arc<VcpuControl>,
+        vm: Arc<VmShared>,
+        lapic: Option<Box<dyn LapicBackend>>,
+        initial: Option<(kvm_regs, kvm_sregs)>,
+    ) -> Self {
+        VcpuThread { index, vcpu, ctl, vm, lapic, initial, stats: VcpuStats::default(), run_ptr: 0, entry_cr8: 0 }
+    }
+
     fn trace(&self, msg: impl FnOnce() -> String) {
         if self.vm.trace {
             eprintln!("[vcpu{}] {}", self.index, msg());
@@ -158,7 +175,7 @@ impl VcpuThread {
         // With KVM's LAPIC an AP just enters KVM_RUN; KVM keeps it in
         // wait-for-SIPI itself.
         let user = self.vm.irqchip == IrqchipMode::User;
-        let mut last_cr8: u8 = 0;
+        self.run_ptr = self.vcpu.get_kvm_run() as *mut kvm_run as usize;
         loop {
             match self.ctl.next_action() {
                 Action::Stop => return Ok(()),
@@ -179,15 +196,6 @@ impl VcpuThread {
             let next = self.run_once();
             self.stats.in_run += t0.elapsed();
             self.ctl.exit_guest();
-            if user {
-                let cr8 = (self.vcpu.get_kvm_run().cr8 & 0xf) as u8;
-                if let Some(l) = self.lapic.as_mut() {
-                    if cr8 != last_cr8 || cr8 != l.cr8() {
-                        l.set_cr8(self.vm.clock.now_ns(), cr8);
-                    }
-                }
-                last_cr8 = cr8;
-            }
             match next {
                 Next::Continue => {}
                 Next::Halt => self.halt(),
@@ -214,6 +222,7 @@ impl VcpuThread {
             self.vcpu.nmi().map_err(|e| format!("KVM_NMI: {e}"))?;
         }
         let cr8 = lapic.cr8();
+        self.entry_cr8 = cr8;
         let pending = lapic.pending_interrupt(now).is_some();
         let run = self.vcpu.get_kvm_run();
         run.cr8 = u64::from(cr8);
@@ -270,6 +279,11 @@ impl VcpuThread {
         let idx = self.index;
         let vm = self.vm.clone();
         let exit = self.vcpu.run();
+        // CR8 first: the guest may have written CR8 before the access
+        // that exited, and handling the exit may change TPR again.
+        if exit.is_ok() {
+            sync_cr8_in(self.run_ptr, self.entry_cr8, &mut self.lapic, now);
+        }
         let (kind, next): (&'static str, Next) = match exit {
             Ok(VcpuExit::IoOut(port, data)) => {
                 let (claimed, ev) = vm.bus.pio_out(port, data);
@@ -456,6 +470,22 @@ impl VcpuThread {
             s.idt.base, s.idt.limit, s.gdt.base, s.gdt.limit,
             hex(&self.guest_bytes(s.cs.base.wrapping_add(r.rip), 16)),
         )
+    }
+}
+
+/// Copies a guest CR8 change (visible in `kvm_run.cr8` after every exit)
+/// into the LAPIC. Only a change is copied: `set_cr8` clears TPR[3:0].
+fn sync_cr8_in(run_ptr: usize, entry_cr8: u8, lapic: &mut Option<Box<dyn LapicBackend>>, now: u64) {
+    let Some(l) = lapic.as_mut() else { return };
+    if run_ptr == 0 {
+        return;
+    }
+    let p = run_ptr as *const kvm_run;
+    // SAFETY: `p` is this vCPU's live kvm_run mapping; `cr8` is not part
+    // of the exit data borrowed by the current VcpuExit.
+    let cr8 = (unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*p).cr8)) } & 0xf) as u8;
+    if cr8 != entry_cr8 {
+        l.set_cr8(now, cr8);
     }
 }
 

@@ -276,15 +276,7 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
                 clock,
             })
         });
-        let t = VcpuThread {
-            index: i,
-            vcpu,
-            ctl: controls[i as usize].clone(),
-            vm: shared.clone(),
-            lapic,
-            initial,
-            stats: VcpuStats::default(),
-        };
+        let t = VcpuThread::new(i, vcpu, controls[i as usize].clone(), shared.clone(), lapic, initial);
         let sh = shared.clone();
         let h = std::thread::Builder::new()
             .name(format!("vcpu{i}"))
