@@ -150,7 +150,7 @@ pub fn parse_elf(image: &[u8]) -> Result<ElfInfo> {
             return Err(Error::Image(format!("segment {i}: filesz > memsz")));
         }
         let end = seg.offset.checked_add(seg.filesz);
-        if end.is_none_or(|e| e > image.len() as u64) {
+        if end.map_or(true, |e| e > image.len() as u64) {
             return Err(Error::Image(format!(
                 "segment {i} extends past the end of the file"
             )));
@@ -410,7 +410,7 @@ pub fn load_kernel(
             Ok(Entry::Long64(res.kernel_load.0))
         }
         KernelFormat::Flat => {
-            if flat_addr >= 0x10_0000 || flat_addr < 0x500 {
+            if !(0x500..0x10_0000).contains(&flat_addr) {
                 return Err(Error::Image(
                     "flat binary address must be in [0x500, 1 MiB)".into(),
                 ));
@@ -430,11 +430,8 @@ pub fn load_kernel(
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::layout::create_memory;
-
+/// Helpers to build images for tests (unit and integration).
+pub mod testing {
     /// Builds a minimal ELF with one PT_LOAD segment holding `code`.
     pub fn make_elf(is64: bool, paddr: u64, entry: u64, code: &[u8], bss: u64) -> Vec<u8> {
         let mut v = Vec::new();
@@ -477,6 +474,13 @@ pub(crate) mod tests {
         v.extend_from_slice(code);
         v
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::make_elf;
+    use super::*;
+    use crate::layout::create_memory;
 
     fn read(mem: &GuestMemoryMmap, addr: u64, n: usize) -> Vec<u8> {
         let mut b = vec![0; n];

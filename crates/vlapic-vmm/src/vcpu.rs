@@ -93,7 +93,17 @@ impl VcpuThread {
         lapic: Option<Box<dyn LapicBackend>>,
         initial: Option<(kvm_regs, kvm_sregs)>,
     ) -> Self {
-        VcpuThread { index, vcpu, ctl, vm, lapic, initial, stats: VcpuStats::default(), run_ptr: 0, entry_cr8: 0 }
+        VcpuThread {
+            index,
+            vcpu,
+            ctl,
+            vm,
+            lapic,
+            initial,
+            stats: VcpuStats::default(),
+            run_ptr: 0,
+            entry_cr8: 0,
+        }
     }
 
     fn trace(&self, msg: impl FnOnce() -> String) {

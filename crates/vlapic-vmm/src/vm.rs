@@ -92,13 +92,20 @@ fn open_serial(s: &SerialOut) -> Result<Box<dyn Write + Send>> {
     })
 }
 
-/// Opens `/dev/kvm` with a clear error.
+/// Environment variable naming another KVM device node (tests use it to
+/// exercise the "no KVM" path).
+pub const KVM_DEVICE_ENV: &str = "VLAPIC_KVM_DEVICE";
+
+/// Opens `/dev/kvm` (or `$VLAPIC_KVM_DEVICE`) with a clear error.
 pub fn open_kvm() -> Result<Kvm> {
-    Kvm::new().map_err(|e| {
+    let path = std::env::var(KVM_DEVICE_ENV).unwrap_or_else(|_| "/dev/kvm".to_string());
+    let cpath = std::ffi::CString::new(path.clone())
+        .map_err(|_| Error::NoKvm(format!("invalid device path {path:?}")))?;
+    Kvm::new_with_path(cpath).map_err(|e| {
         let why = match e.errno() {
-            libc::ENOENT => "/dev/kvm does not exist (no KVM on this machine)".to_string(),
-            libc::EACCES | libc::EPERM => "permission denied opening /dev/kvm".to_string(),
-            _ => format!("cannot open /dev/kvm: {e}"),
+            libc::ENOENT => format!("{path} does not exist (no KVM on this machine)"),
+            libc::EACCES | libc::EPERM => format!("permission denied opening {path}"),
+            _ => format!("cannot open {path}: {e}"),
         };
         Error::NoKvm(why)
     })
@@ -276,7 +283,14 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
                 clock,
             })
         });
-        let t = VcpuThread::new(i, vcpu, controls[i as usize].clone(), shared.clone(), lapic, initial);
+        let t = VcpuThread::new(
+            i,
+            vcpu,
+            controls[i as usize].clone(),
+            shared.clone(),
+            lapic,
+            initial,
+        );
         let sh = shared.clone();
         let h = std::thread::Builder::new()
             .name(format!("vcpu{i}"))
@@ -329,7 +343,7 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
         t.shutdown();
     }
     // Give the vCPU threads a moment to leave KVM_RUN; don't hang on one.
-    {
+    let all_exited = {
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut g = shared.outcome.lock().unwrap_or_else(|e| e.into_inner());
         while g.1 > 0 && Instant::now() < deadline {
@@ -342,10 +356,19 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
                 v.stop();
             }
         }
-    }
+        g.1 == 0
+    };
+    // A thread that reported its exit is about to finish: join it. One
+    // stuck in the kernel is left behind (the process exits anyway).
     let stats: Vec<Option<VcpuStats>> = threads
         .into_iter()
-        .map(|h| if h.is_finished() { h.join().ok() } else { None })
+        .map(|h| {
+            if all_exited || h.is_finished() {
+                h.join().ok()
+            } else {
+                None
+            }
+        })
         .collect();
     shared.bus.flush();
     if cfg.stats {
