@@ -28,7 +28,7 @@
 //!
 //! Time: all `now_ns` and deadlines are [`Clock`] nanoseconds.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::control::{Clock, VcpuControl};
 
@@ -113,10 +113,16 @@ pub type BackendFactory = Arc<dyn Fn(&BackendContext) -> Box<dyn LapicBackend> +
 
 /// A deliberately minimal LAPIC used until `vlapic` is wired in, to
 /// exercise the userspace plumbing: ID, version, TPR/PPR, SVR, EOI,
-/// ISR/IRR reads, self-IPIs (fixed, via ICR or x2APIC SELF_IPI) and the
-/// APIC_BASE / x2APIC mode switch. No timer, no IPIs to other vCPUs.
+/// ISR/IRR reads, the APIC_BASE / x2APIC mode switch, and IPIs: Fixed
+/// (physical destination = vCPU index, or a shorthand; to other vCPUs
+/// through a shared inbox + [`VcpuControl::wake`]), INIT and Start-up
+/// (through [`VcpuControl::send_init`] / [`VcpuControl::send_sipi`]).
+/// No timer, no NMI, no logical destinations, no LVTs.
 #[derive(Debug)]
 pub struct StubLapic {
+    cpu: usize,
+    vcpus: Arc<Vec<Arc<VcpuControl>>>,
+    inbox: Arc<Vec<Mutex<[u64; 4]>>>,
     apic_id: u32,
     base: u64,
     irr: [u64; 4],
@@ -145,9 +151,13 @@ fn clear_bit(bits: &mut [u64; 4], v: u8) {
 }
 
 impl StubLapic {
-    /// A stub LAPIC in xAPIC mode at the default base.
-    pub fn new(ctx: &BackendContext) -> Self {
+    /// A stub LAPIC in xAPIC mode at the default base; `inbox` holds one
+    /// pending-IRR slot per vCPU, shared by all stubs of the VM.
+    pub fn new(ctx: &BackendContext, inbox: Arc<Vec<Mutex<[u64; 4]>>>) -> Self {
         StubLapic {
+            cpu: ctx.cpu as usize,
+            vcpus: ctx.vcpus.clone(),
+            inbox,
             apic_id: ctx.apic_id,
             base: crate::layout::APIC_DEFAULT_BASE | BASE_EN | if ctx.bsp { BASE_BSP } else { 0 },
             irr: [0; 4],
@@ -159,9 +169,15 @@ impl StubLapic {
         }
     }
 
-    /// A factory for [`StubLapic`]s.
+    /// A factory for [`StubLapic`]s (one shared inbox per factory).
     pub fn factory() -> BackendFactory {
-        Arc::new(|ctx| Box::new(StubLapic::new(ctx)) as Box<dyn LapicBackend>)
+        let shared: Arc<OnceLock<Arc<Vec<Mutex<[u64; 4]>>>>> = Arc::new(OnceLock::new());
+        Arc::new(move |ctx| {
+            let inbox = shared
+                .get_or_init(|| Arc::new((0..ctx.cpus).map(|_| Mutex::new([0; 4])).collect()))
+                .clone();
+            Box::new(StubLapic::new(ctx, inbox)) as Box<dyn LapicBackend>
+        })
     }
 
     fn x2apic(&self) -> bool {
@@ -192,9 +208,46 @@ impl StubLapic {
     fn icr_write(&mut self, lo: u32, dest: u32) {
         let mode = (lo >> 8) & 7;
         let shorthand = (lo >> 18) & 3;
-        let to_self = shorthand == 1 || shorthand == 2 || (shorthand == 0 && dest == self.apic_id);
-        if mode == 0 && to_self {
-            self.accept(lo as u8);
+        let vector = lo as u8;
+        let broadcast = if self.x2apic() { u32::MAX } else { 0xff };
+        let logical = lo & (1 << 11) != 0;
+        let n = self.vcpus.len();
+        for t in 0..n {
+            let hit = match shorthand {
+                0 => !logical && (dest == broadcast || dest as usize == t),
+                1 => t == self.cpu,
+                2 => true,
+                _ => t != self.cpu,
+            };
+            if !hit {
+                continue;
+            }
+            match mode {
+                0 if t == self.cpu => self.accept(vector),
+                0 if vector >= 16 => {
+                    if let Some(slot) = self.inbox.get(t) {
+                        set_bit(&mut slot.lock().unwrap_or_else(|e| e.into_inner()), vector);
+                        self.vcpus[t].wake();
+                    }
+                }
+                // INIT level de-assert (level 0, trigger level) does nothing.
+                5 if lo & (1 << 14) == 0 && lo & (1 << 15) != 0 => {}
+                5 => self.vcpus[t].send_init(),
+                6 => self.vcpus[t].send_sipi(vector),
+                _ => {}
+            }
+        }
+    }
+
+    fn drain_inbox(&mut self) {
+        if let Some(slot) = self.inbox.get(self.cpu) {
+            let mut g = slot.lock().unwrap_or_else(|e| e.into_inner());
+            if self.svr & 0x100 != 0 {
+                for (i, w) in g.iter().enumerate() {
+                    self.irr[i] |= w;
+                }
+            }
+            *g = [0; 4];
         }
     }
 
@@ -300,6 +353,7 @@ impl LapicBackend for StubLapic {
     }
 
     fn pending_interrupt(&mut self, _now: u64) -> Option<u8> {
+        self.drain_inbox();
         let v = highest(&self.irr)?;
         (u32::from(v) & 0xf0 > self.ppr() & 0xf0).then_some(v)
     }
@@ -351,9 +405,40 @@ mod tests {
         }
     }
 
+    fn stub(ctx: &BackendContext) -> StubLapic {
+        let inbox = Arc::new((0..ctx.cpus).map(|_| Mutex::new([0; 4])).collect());
+        StubLapic::new(ctx, inbox)
+    }
+
+    #[test]
+    fn stub_routes_ipis_init_sipi() {
+        let mut c = ctx();
+        c.cpus = 2;
+        c.vcpus = Arc::new(vec![
+            Arc::new(VcpuControl::new(0, RunState::Running)),
+            Arc::new(VcpuControl::new(1, RunState::WaitForInit)),
+        ]);
+        let f = StubLapic::factory();
+        let mut bsp = f(&c);
+        let mut c1 = c.clone();
+        (c1.cpu, c1.apic_id, c1.bsp) = (1, 1, false);
+        let mut ap = f(&c1);
+        ap.mmio_write(0, 0xf0, &0x1ffu32.to_le_bytes());
+        // INIT + SIPI to all-but-self reach the AP's control block.
+        bsp.mmio_write(0, 0x300, &0x000c_4500u32.to_le_bytes());
+        bsp.mmio_write(0, 0x300, &0x000c_4608u32.to_le_bytes());
+        assert_eq!(c.vcpus[1].wait_for_startup(), Some(0x08));
+        // Fixed IPI to APIC ID 1 lands in the AP's LAPIC and wakes it.
+        bsp.mmio_write(0, 0x310, &(1u32 << 24).to_le_bytes());
+        bsp.mmio_write(0, 0x300, &0x0000_0042u32.to_le_bytes());
+        assert_eq!(c.vcpus[1].park(None), crate::control::Wake::Woken);
+        assert_eq!(ap.pending_interrupt(0), Some(0x42));
+        assert_eq!(bsp.pending_interrupt(0), None);
+    }
+
     #[test]
     fn stub_self_ipi_ack_eoi() {
-        let mut l = StubLapic::new(&ctx());
+        let mut l = stub(&ctx());
         assert_eq!(l.mmio_base(), Some(0xfee0_0000));
         l.mmio_write(0, 0xf0, &0x1ffu32.to_le_bytes());
         l.mmio_write(0, 0x300, &0x0004_0040u32.to_le_bytes());
@@ -374,7 +459,7 @@ mod tests {
 
     #[test]
     fn stub_x2apic_msrs() {
-        let mut l = StubLapic::new(&ctx());
+        let mut l = stub(&ctx());
         assert_eq!(l.msr_read(0, 0x802), Err(Gp)); // xAPIC mode
         l.msr_write(0, MSR_APIC_BASE, 0xfee0_0000 | BASE_EN | BASE_EXTD)
             .unwrap();

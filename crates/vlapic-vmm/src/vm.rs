@@ -196,7 +196,7 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
             setup_userspace_lapic(&vm)?;
             if factory.is_none() {
                 eprintln!(
-                    "vlapic-vmm: userspace LAPIC not wired yet: using the minimal stub LAPIC (self-IPIs only)"
+                    "vlapic-vmm: userspace LAPIC not wired yet: using the minimal stub LAPIC (IPIs, INIT/SIPI; no timer, no NMI)"
                 );
             }
         }

@@ -338,3 +338,35 @@ fn missing_kvm_device_is_reported() {
         "{se}"
     );
 }
+
+#[test]
+fn smp_startup_and_ipis() {
+    if !kvm_available() {
+        return;
+    }
+    let smp = guest_dir().join("smp.elf").to_string_lossy().into_owned();
+    for chip in ["kernel", "user"] {
+        for cpus in ["2", "4"] {
+            let out = vmm(&[
+                "--kernel",
+                &smp,
+                "--irqchip",
+                chip,
+                "--cpus",
+                cpus,
+                "--timeout",
+                "60",
+            ]);
+            assert_guest_passed(&out);
+            let so = text(&out.stdout);
+            assert!(
+                so.contains("PASS: all APs came online"),
+                "{chip} {cpus}: {so}"
+            );
+            assert!(
+                so.contains("PASS: every AP got the BSP's fixed IPI"),
+                "{chip} {cpus}: {so}"
+            );
+        }
+    }
+}

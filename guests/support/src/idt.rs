@@ -115,6 +115,22 @@ static LOG_N: AtomicUsize = AtomicUsize::new(0);
 static AUTO_EOI: AtomicBool = AtomicBool::new(true);
 static HOOK: AtomicUsize = AtomicUsize::new(0);
 
+/// Loads the (already filled) IDT on this CPU (APs call this).
+pub fn load() {
+    // SAFETY: IDT is a static filled by init() on the boot CPU.
+    unsafe {
+        let idt = &raw const IDT;
+        let desc: [u16; 5] = [
+            (256 * 16 - 1) as u16,
+            idt as u64 as u16,
+            (idt as u64 >> 16) as u16,
+            (idt as u64 >> 32) as u16,
+            (idt as u64 >> 48) as u16,
+        ];
+        core::arch::asm!("lidt [{}]", in(reg) &desc, options(nostack, readonly));
+    }
+}
+
 /// Fills and loads the IDT (interrupt gates on the current CS).
 pub fn init() {
     let cs = u64::from(crate::cpu::cs());
@@ -129,15 +145,8 @@ pub fn init() {
             (*idt).0[(v * 2) as usize] = lo;
             (*idt).0[(v * 2 + 1) as usize] = hi;
         }
-        let desc: [u16; 5] = [
-            (256 * 16 - 1) as u16,
-            idt as u64 as u16,
-            (idt as u64 >> 16) as u16,
-            (idt as u64 >> 32) as u16,
-            (idt as u64 >> 48) as u16,
-        ];
-        core::arch::asm!("lidt [{}]", in(reg) &desc, options(nostack, readonly));
     }
+    load();
 }
 
 /// Arms the fault fixup bookkeeping (the fixup address itself is stored

@@ -21,6 +21,7 @@ pub mod cpu;
 pub mod fw_cfg;
 pub mod idt;
 pub mod serial;
+pub mod smp;
 pub mod test;
 
 #[cfg(guest_fallback)]
