@@ -111,6 +111,9 @@ pub trait LapicBackend: Send {
 /// Creates the backend of one vCPU.
 pub type BackendFactory = Arc<dyn Fn(&BackendContext) -> Box<dyn LapicBackend> + Send + Sync>;
 
+/// Pending-IRR slots of all vCPUs, shared by the [`StubLapic`]s of a VM.
+pub type StubInbox = Arc<Vec<Mutex<[u64; 4]>>>;
+
 /// A deliberately minimal LAPIC used until `vlapic` is wired in, to
 /// exercise the userspace plumbing: ID, version, TPR/PPR, SVR, EOI,
 /// ISR/IRR reads, the APIC_BASE / x2APIC mode switch, and IPIs: Fixed
@@ -122,7 +125,7 @@ pub type BackendFactory = Arc<dyn Fn(&BackendContext) -> Box<dyn LapicBackend> +
 pub struct StubLapic {
     cpu: usize,
     vcpus: Arc<Vec<Arc<VcpuControl>>>,
-    inbox: Arc<Vec<Mutex<[u64; 4]>>>,
+    inbox: StubInbox,
     apic_id: u32,
     base: u64,
     irr: [u64; 4],
@@ -153,7 +156,7 @@ fn clear_bit(bits: &mut [u64; 4], v: u8) {
 impl StubLapic {
     /// A stub LAPIC in xAPIC mode at the default base; `inbox` holds one
     /// pending-IRR slot per vCPU, shared by all stubs of the VM.
-    pub fn new(ctx: &BackendContext, inbox: Arc<Vec<Mutex<[u64; 4]>>>) -> Self {
+    pub fn new(ctx: &BackendContext, inbox: StubInbox) -> Self {
         StubLapic {
             cpu: ctx.cpu as usize,
             vcpus: ctx.vcpus.clone(),
@@ -171,7 +174,7 @@ impl StubLapic {
 
     /// A factory for [`StubLapic`]s (one shared inbox per factory).
     pub fn factory() -> BackendFactory {
-        let shared: Arc<OnceLock<Arc<Vec<Mutex<[u64; 4]>>>>> = Arc::new(OnceLock::new());
+        let shared: Arc<OnceLock<StubInbox>> = Arc::new(OnceLock::new());
         Arc::new(move |ctx| {
             let inbox = shared
                 .get_or_init(|| Arc::new((0..ctx.cpus).map(|_| Mutex::new([0; 4])).collect()))
