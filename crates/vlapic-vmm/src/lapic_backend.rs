@@ -264,6 +264,7 @@ impl StubLapic {
                 }
             }
             0x03 => 0x0005_0014,
+            0x0d if self.x2apic() => ((self.apic_id >> 4) << 16) | (1 << (self.apic_id & 0xf)),
             0x08 => self.tpr,
             0x0a => self.ppr(),
             0x0f => self.svr,

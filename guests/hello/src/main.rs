@@ -9,7 +9,7 @@
 use guest_support::apic::{self, reg};
 use guest_support::cpu;
 use guest_support::idt;
-use guest_support::{check, check_eq, fw_cfg, out, BootInfo};
+use guest_support::{check, check_eq, fw_cfg, out, skip, BootInfo};
 
 const VEC: u8 = 0x40;
 
@@ -54,6 +54,36 @@ pub fn guest_main(boot: &BootInfo) {
 
     // In xAPIC mode the x2APIC MSRs fault.
     check_eq("RDMSR 0x802 in xAPIC mode raises #GP", cpu::rdmsr_safe(0x802).err().map_or(0, u64::from), 13);
+    x2apic_checks();
     cpu::cli();
     out().s("hello: done").nl();
+}
+
+fn x2apic_checks() {
+    let base = apic::base_msr();
+    if cpu::cpuid(1, 0).ecx & (1 << 21) == 0 {
+        skip("x2APIC checks", "CPUID.1:ECX.x2APIC is clear");
+        check_eq(
+            "setting EXTD without CPUID x2APIC raises #GP",
+            cpu::wrmsr_safe(apic::MSR_APIC_BASE, base | (1 << 10)).err().map_or(0, u64::from),
+            13,
+        );
+        return;
+    }
+    apic::enable_x2apic();
+    check("x2APIC mode enabled (APIC_BASE.EXTD)", apic::base_msr() & (1 << 10) != 0);
+    let id = cpu::rdmsr(0x802) as u32;
+    check_eq("x2APIC ID = CPUID.0xB:EDX", u64::from(id), u64::from(cpu::cpuid(0xb, 0).edx));
+    check_eq("x2APIC LDR derived from the ID", cpu::rdmsr(0x80d), u64::from(((id >> 4) << 16) | (1 << (id & 0xf))));
+    cpu::sti();
+    cpu::wrmsr(0x83f, 0x43);
+    cpu::wait_us(100_000, || idt::count(0x43) >= 1);
+    check_eq("x2APIC SELF_IPI 0x43 delivered", u64::from(idt::count(0x43)), 1);
+    apic::send_ipi(0, apic::ICR_SELF | 0x44);
+    cpu::wait_us(100_000, || idt::count(0x44) >= 1);
+    check_eq("x2APIC ICR self-IPI 0x44 delivered", u64::from(idt::count(0x44)), 1);
+    check_eq("RDMSR SELF_IPI (write-only) raises #GP", cpu::rdmsr_safe(0x83f).err().map_or(0, u64::from), 13);
+    check_eq("RDMSR ICR2 0x831 raises #GP", cpu::rdmsr_safe(0x831).err().map_or(0, u64::from), 13);
+    // Not checked here: the SDM says a non-zero x2APIC EOI write raises
+    // #GP, but KVM's in-kernel LAPIC (the reference) accepts it.
 }
