@@ -124,7 +124,8 @@ fn hello_user_stub_lapic() {
     // The LAPIC was reached through MMIO and MSR exits and KVM_INTERRUPT.
     assert!(se.contains("\"mmio_write\""), "{se}");
     assert!(se.contains("\"rdmsr\""), "{se}");
-    assert!(se.contains(" 2 injected"), "{se}");
+    assert!(se.contains(" 4 injected"), "{se}");
+    assert!(se.contains("\"wrmsr\""), "{se}");
 }
 
 #[test]
