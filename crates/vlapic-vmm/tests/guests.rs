@@ -2,8 +2,7 @@
 //!
 //! Needs /dev/kvm; without it every test prints `SKIP: no /dev/kvm` and
 //! returns. The Rust guests are built by `guests/build.sh` (run here once
-//! if `target/guests/hello.elf` is missing; set VLAPIC_GUEST_DIR to use
-//! prebuilt ones).
+//! per test run; set VLAPIC_GUEST_DIR to use prebuilt ones instead).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -37,16 +36,19 @@ fn guest_dir() -> &'static Path {
         if let Ok(d) = std::env::var("VLAPIC_GUEST_DIR") {
             return PathBuf::from(d);
         }
+        // Always (re)build: cargo makes this a no-op when up to date, and
+        // it keeps the guests in step with the sources.
         let root = workspace_root();
-        let dir = root.join("target/guests");
-        if !dir.join("hello.elf").exists() {
-            let st = Command::new("bash")
-                .arg(root.join("guests/build.sh"))
-                .status()
-                .expect("running guests/build.sh");
-            assert!(st.success(), "guests/build.sh failed");
-        }
-        dir
+        let out = Command::new("bash")
+            .arg(root.join("guests/build.sh"))
+            .output()
+            .expect("running guests/build.sh");
+        assert!(
+            out.status.success(),
+            "guests/build.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        root.join("target/guests")
     })
 }
 
@@ -369,5 +371,21 @@ fn smp_startup_and_ipis() {
                 "{chip} {cpus}: {so}"
             );
         }
+    }
+}
+
+#[test]
+fn exitcost_runs() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest_dir()
+        .join("exitcost.elf")
+        .to_string_lossy()
+        .into_owned();
+    for chip in ["kernel", "user"] {
+        let out = vmm(&["--kernel", &g, "--irqchip", chip, "--timeout", "60"]);
+        assert_guest_passed(&out);
+        assert!(text(&out.stdout).contains("bench: OUT to an unclaimed port"));
     }
 }
