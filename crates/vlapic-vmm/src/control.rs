@@ -17,7 +17,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_run;
@@ -103,7 +103,7 @@ pub struct VcpuControl {
     index: u32,
     inner: Mutex<Inner>,
     cv: Condvar,
-    thread: OnceLock<libc::pthread_t>,
+    thread: Mutex<Option<libc::pthread_t>>,
     in_guest: AtomicBool,
     kicks: AtomicU64,
 }
@@ -127,7 +127,7 @@ impl VcpuControl {
                 stop: false,
             }),
             cv: Condvar::new(),
-            thread: OnceLock::new(),
+            thread: Mutex::new(None),
             in_guest: AtomicBool::new(false),
             kicks: AtomicU64::new(0),
         }
@@ -207,12 +207,14 @@ impl VcpuControl {
     }
 
     fn signal(&self) {
-        if let Some(t) = self.thread.get() {
+        let g = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = *g {
             self.kicks.fetch_add(1, Ordering::Relaxed);
-            // SAFETY: pthread_kill on a thread id recorded by the vCPU
-            // thread itself; the thread is joined only after stop().
+            // SAFETY: the id was recorded by the vCPU thread itself and is
+            // removed (under this lock) before that thread ends, so the
+            // thread is alive while we hold the lock.
             unsafe {
-                libc::pthread_kill(*t, kick_signal());
+                libc::pthread_kill(t, kick_signal());
             }
         }
     }
@@ -222,7 +224,15 @@ impl VcpuControl {
     /// Records the calling thread as this vCPU's thread (for kicks).
     pub fn bind_current_thread(&self) {
         // SAFETY: pthread_self has no preconditions.
-        let _ = self.thread.set(unsafe { libc::pthread_self() });
+        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(unsafe { libc::pthread_self() });
+    }
+
+    /// Forgets the vCPU thread (called by it before it ends): no more
+    /// signals are sent to it.
+    pub fn unbind_thread(&self) {
+        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.in_guest.store(false, Ordering::SeqCst);
     }
 
     /// Marks the start of a guest-entry sequence (before polling the LAPIC).

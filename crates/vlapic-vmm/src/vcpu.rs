@@ -166,6 +166,7 @@ impl VcpuThread {
         self.ctl.bind_current_thread();
         let _guard = ThreadRunGuard::new(self.vcpu.get_kvm_run());
         let result = self.run_inner();
+        self.ctl.unbind_thread();
         if let Err(msg) = result {
             self.vm
                 .finish(Outcome::Error(format!("vCPU {}: {msg}", self.index)));
@@ -460,7 +461,11 @@ impl VcpuThread {
             .map_or(lin, |t| t.physical_address);
         let mut out = Vec::new();
         for i in 0..n as u64 {
-            match self.vm.mem.read_obj::<u8>(GuestAddress(gpa + i)) {
+            match self
+                .vm
+                .mem
+                .read_obj::<u8>(GuestAddress(gpa.wrapping_add(i)))
+            {
                 Ok(b) => out.push(b),
                 Err(_) => break,
             }

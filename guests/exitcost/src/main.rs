@@ -12,7 +12,15 @@ use guest_support::{check, out, BootInfo};
 
 fn report(name: &str, iters: u64, cycles: u64, khz: u64) {
     let ns = cycles * 1_000_000 / khz.max(1) / iters.max(1);
-    out().s("bench: ").s(name).s(": ").dec(ns).s(" ns/op (").dec(iters).s(" ops)").nl();
+    out()
+        .s("bench: ")
+        .s(name)
+        .s(": ")
+        .dec(ns)
+        .s(" ns/op (")
+        .dec(iters)
+        .s(" ops)")
+        .nl();
 }
 
 fn measure(name: &str, iters: u64, khz: u64, f: impl Fn()) {
@@ -30,7 +38,12 @@ pub fn guest_main(_boot: &BootInfo) {
     measure("loop iteration (guest code only)", 20_000, khz, || unsafe {
         core::arch::asm!("", options(nomem, nostack));
     });
-    measure("OUT to an unclaimed port (exit to VMM)", 1000, khz, || unsafe { cpu::outb(0x80, 0) });
+    measure(
+        "OUT to an unclaimed port (exit to VMM)",
+        1000,
+        khz,
+        || unsafe { cpu::outb(0x80, 0) },
+    );
     measure("CPUID (in-kernel exit)", 1000, khz, || {
         core::hint::black_box(cpu::cpuid(0, 0));
     });
@@ -40,7 +53,9 @@ pub fn guest_main(_boot: &BootInfo) {
     measure("xAPIC TPR read (MMIO)", 1000, khz, || {
         core::hint::black_box(apic::read(reg::TPR));
     });
-    measure("xAPIC TPR write (MMIO)", 1000, khz, || apic::write(reg::TPR, 0));
+    measure("xAPIC TPR write (MMIO)", 1000, khz, || {
+        apic::write(reg::TPR, 0)
+    });
     apic::sw_enable(0xff);
     idt::reset();
     cpu::sti();
@@ -51,7 +66,12 @@ pub fn guest_main(_boot: &BootInfo) {
         apic::send_ipi(0, apic::ICR_SELF | 0x40);
         ok &= cpu::wait_us(100_000, || u64::from(idt::count(0x40)) > i);
     }
-    report("self-IPI round trip (ICR write .. handler .. EOI)", n, cpu::rdtsc().wrapping_sub(t0), khz);
+    report(
+        "self-IPI round trip (ICR write .. handler .. EOI)",
+        n,
+        cpu::rdtsc().wrapping_sub(t0),
+        khz,
+    );
     let t0 = cpu::rdtsc();
     for i in 0..n {
         apic::send_ipi(0, apic::ICR_SELF | 0x41);
@@ -61,7 +81,12 @@ pub fn guest_main(_boot: &BootInfo) {
         }
         ok &= u64::from(idt::count(0x41)) > i;
     }
-    report("self-IPI round trip, spinning without PAUSE", n, cpu::rdtsc().wrapping_sub(t0), khz);
+    report(
+        "self-IPI round trip, spinning without PAUSE",
+        n,
+        cpu::rdtsc().wrapping_sub(t0),
+        khz,
+    );
     measure("PAUSE", 1000, khz, cpu::pause);
     check("every self-IPI arrived", ok);
     cpu::cli();

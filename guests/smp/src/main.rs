@@ -51,21 +51,39 @@ pub fn guest_main(boot: &BootInfo) {
     cpu::sti();
 
     let up = smp::start_aps(n - 1, 2_000_000);
-    check_eq("all APs came online after INIT/SIPI/SIPI", u64::from(up), u64::from(n - 1));
+    check_eq(
+        "all APs came online after INIT/SIPI/SIPI",
+        u64::from(up),
+        u64::from(n - 1),
+    );
     for id in 1..n.min(MAX_CPUS as u32) {
         let ok = smp::is_online(id)
-            && cpu::wait_us(1_000_000, || CPUID_ID[id as usize].load(Relaxed) != 0xffff_ffff);
-        check_eq("AP APIC ID matches its CPUID initial APIC ID", u64::from(CPUID_ID[id as usize].load(Relaxed)), u64::from(if ok { id } else { 0xffff_ffff }));
+            && cpu::wait_us(1_000_000, || {
+                CPUID_ID[id as usize].load(Relaxed) != 0xffff_ffff
+            });
+        check_eq(
+            "AP APIC ID matches its CPUID initial APIC ID",
+            u64::from(CPUID_ID[id as usize].load(Relaxed)),
+            u64::from(if ok { id } else { 0xffff_ffff }),
+        );
     }
     let from = |id: u32| idt::count(TO_BSP + (id & 0x3f) as u8);
     let aps = 1..n.min(MAX_CPUS as u32);
     cpu::wait_us(1_000_000, || aps.clone().all(|id| from(id) >= 1));
-    check("BSP got one fixed IPI from each AP", aps.clone().all(|id| from(id) == 1));
+    check(
+        "BSP got one fixed IPI from each AP",
+        aps.clone().all(|id| from(id) == 1),
+    );
 
     for id in 1..n.min(MAX_CPUS as u32) {
         apic::send_ipi(id, u32::from(TO_AP));
     }
-    let all = cpu::wait_us(1_000_000, || (1..n.min(MAX_CPUS as u32)).all(|id| GOT_AP_IPI[id as usize].load(Relaxed) != 0));
-    check("every AP got the BSP's fixed IPI (physical destination)", all);
+    let all = cpu::wait_us(1_000_000, || {
+        (1..n.min(MAX_CPUS as u32)).all(|id| GOT_AP_IPI[id as usize].load(Relaxed) != 0)
+    });
+    check(
+        "every AP got the BSP's fixed IPI (physical destination)",
+        all,
+    );
     cpu::cli();
 }

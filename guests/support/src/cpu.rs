@@ -29,7 +29,9 @@ pub unsafe fn inb(port: u16) -> u8 {
 #[inline(always)]
 pub fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
@@ -82,7 +84,9 @@ pub fn wrmsr_safe(msr: u32, v: u64) -> Result<(), u8> {
 #[inline(always)]
 pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
-    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 

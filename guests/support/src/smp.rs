@@ -111,7 +111,9 @@ pub fn online() -> u32 {
 
 /// Whether the AP with this APIC ID is online.
 pub fn is_online(apic_id: u32) -> bool {
-    ONLINE.get(apic_id as usize).is_some_and(|o| o.load(Relaxed) != 0)
+    ONLINE
+        .get(apic_id as usize)
+        .is_some_and(|o| o.load(Relaxed) != 0)
 }
 
 extern "C" fn ap_entry(apic_id: u64) -> ! {

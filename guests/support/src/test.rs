@@ -34,7 +34,15 @@ pub fn check_eq(name: &str, got: u64, want: u64) -> bool {
         out().s("PASS: ").s(name).nl();
     } else {
         bump(&FAILED);
-        out().s("FAIL: ").s(name).s(" (got ").hex(got).s(", want ").hex(want).s(")").nl();
+        out()
+            .s("FAIL: ")
+            .s(name)
+            .s(" (got ")
+            .hex(got)
+            .s(", want ")
+            .hex(want)
+            .s(")")
+            .nl();
     }
     got == want
 }
@@ -52,8 +60,16 @@ pub fn failures() -> u32 {
 
 /// Prints the summary and exits (status 1 = all passed, 3 = failures).
 pub fn summary_and_exit() -> ! {
-    let (p, f, s) = (PASSED.load(Relaxed), FAILED.load(Relaxed), SKIPPED.load(Relaxed));
-    let o = out().dec(u64::from(p)).s(" passed, ").dec(u64::from(f)).s(" failed");
+    let (p, f, s) = (
+        PASSED.load(Relaxed),
+        FAILED.load(Relaxed),
+        SKIPPED.load(Relaxed),
+    );
+    let o = out()
+        .dec(u64::from(p))
+        .s(" passed, ")
+        .dec(u64::from(f))
+        .s(" failed");
     if s > 0 {
         o.s(", ").dec(u64::from(s)).s(" skipped");
     }

@@ -60,9 +60,11 @@ impl IoBus {
     pub fn pio_out(&self, port: u16, data: &[u8]) -> (bool, Option<IoEvent>) {
         match port {
             p if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&p) => {
-                if let Some(b) = data.first() {
-                    // An output error (closed pipe, full disk) must not stop the guest.
-                    let _ = lock(&self.serial).write((p - COM1_BASE) as u8, *b);
+                // String I/O (REP OUTSB) delivers several bytes at once.
+                // An output error (closed pipe, full disk) must not stop the guest.
+                let mut s = lock(&self.serial);
+                for b in data {
+                    let _ = s.write((p - COM1_BASE) as u8, *b);
                 }
                 (true, None)
             }
