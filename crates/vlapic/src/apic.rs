@@ -13,8 +13,8 @@ use crate::lvt::{Lvt, LvtDelivery, LVT_COUNT, LVT_READ_ONLY};
 use crate::mode::{self, ApicMode};
 use crate::priority::InterruptRegisters;
 use crate::regs::{
-    esr, ApicBase, DeliveryMode, DivideConfig, Icr, LvtEntry, Register, Shorthand, Svr,
-    TimerMode, TriggerMode, APIC_DEFAULT_BASE, APIC_PAGE_SIZE, LVT_RESET, MSR_IA32_APIC_BASE,
+    esr, ApicBase, DeliveryMode, DivideConfig, Icr, LvtEntry, Register, Shorthand, Svr, TimerMode,
+    TriggerMode, APIC_DEFAULT_BASE, APIC_PAGE_SIZE, LVT_RESET, MSR_IA32_APIC_BASE,
     MSR_IA32_TSC_DEADLINE, SVR_RESET, X2APIC_MSR_BASE, X2APIC_MSR_LAST,
 };
 use crate::timer::{ApicTimer, TimeBase};
@@ -444,7 +444,10 @@ impl LocalApic {
     fn latch_fixed(&mut self, vector: u8, level: bool) {
         if vector < 16 {
             self.stats.illegal_vector += 1;
-            log::debug!("apic {}: received illegal vector {vector}", self.cfg.apic_id);
+            log::debug!(
+                "apic {}: received illegal vector {vector}",
+                self.cfg.apic_id
+            );
             self.error(esr::RECEIVE_ILLEGAL_VECTOR);
             return;
         }
@@ -544,7 +547,11 @@ impl LocalApic {
         if entry.masked() || entry.remote_irr() || !active {
             return;
         }
-        if let Some(LvtDelivery::Fixed { vector, level: true }) = lvt.delivery(entry) {
+        if let Some(LvtDelivery::Fixed {
+            vector,
+            level: true,
+        }) = lvt.delivery(entry)
+        {
             if vector >= 16 {
                 self.lvt[idx].set_remote_irr(true);
             }
@@ -566,7 +573,10 @@ impl LocalApic {
     pub fn mmio_read(&mut self, now: u64, offset: u64, data: &mut [u8]) {
         if self.mode != ApicMode::XApic {
             self.stats.mmio_not_decoded += 1;
-            log::debug!("apic {}: MMIO read while not in xAPIC mode", self.cfg.apic_id);
+            log::debug!(
+                "apic {}: MMIO read while not in xAPIC mode",
+                self.cfg.apic_id
+            );
             data.fill(0xFF);
             return;
         }
@@ -629,7 +639,10 @@ impl LocalApic {
     pub fn mmio_write(&mut self, now: u64, offset: u64, data: &[u8]) -> Option<Message> {
         if self.mode != ApicMode::XApic {
             self.stats.mmio_not_decoded += 1;
-            log::debug!("apic {}: MMIO write while not in xAPIC mode", self.cfg.apic_id);
+            log::debug!(
+                "apic {}: MMIO write while not in xAPIC mode",
+                self.cfg.apic_id
+            );
             return None;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
@@ -877,7 +890,11 @@ impl LocalApic {
         let irq = ipi.interrupt;
         if irq.has_illegal_vector() {
             self.stats.illegal_vector += 1;
-            log::debug!("apic {}: send illegal vector {}", self.cfg.apic_id, irq.vector);
+            log::debug!(
+                "apic {}: send illegal vector {}",
+                self.cfg.apic_id,
+                irq.vector
+            );
             self.error(esr::SEND_ILLEGAL_VECTOR);
             return None;
         }

@@ -127,7 +127,11 @@ impl ApicConfig {
     pub const fn version_register(&self) -> u32 {
         crate::regs::APIC_VERSION
             | ((self.lvt_count() - 1) << 16)
-            | if self.suppress_eoi_broadcast { 1 << 24 } else { 0 }
+            | if self.suppress_eoi_broadcast {
+                1 << 24
+            } else {
+                0
+            }
     }
 }
 

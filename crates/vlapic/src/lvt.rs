@@ -75,10 +75,7 @@ impl Lvt {
     pub const fn write_mask(self, tsc_deadline: bool) -> u32 {
         match self {
             Lvt::Timer => {
-                VECTOR
-                    | MASK
-                    | TIMER_PERIODIC
-                    | if tsc_deadline { TIMER_TSC_DEADLINE } else { 0 }
+                VECTOR | MASK | TIMER_PERIODIC | if tsc_deadline { TIMER_TSC_DEADLINE } else { 0 }
             }
             Lvt::Cmci | Lvt::Thermal | Lvt::Perfmon => VECTOR | DELIVERY_MODE | MASK,
             Lvt::Lint0 | Lvt::Lint1 => VECTOR | DELIVERY_MODE | POLARITY | TRIGGER | MASK,

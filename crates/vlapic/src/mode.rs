@@ -85,7 +85,10 @@ mod tests {
     fn reserved_bits_fault() {
         assert!(check_reserved(0xFEE0_0900, 46, true).is_ok());
         assert_eq!(check_reserved(0xFEE0_0901, 46, true), Err(Fault::Gp));
-        assert_eq!(check_reserved(0xFEE0_0A00 | 0x200, 46, true), Err(Fault::Gp));
+        assert_eq!(
+            check_reserved(0xFEE0_0A00 | 0x200, 46, true),
+            Err(Fault::Gp)
+        );
         assert_eq!(check_reserved(1 << 46, 46, true), Err(Fault::Gp));
         assert_eq!(check_reserved(0xFEE0_0C00, 46, false), Err(Fault::Gp));
     }

@@ -246,9 +246,7 @@ impl LocalApic {
         let icr = Icr::from_bits(s.icr);
         let icr_bad = match m {
             ApicMode::X2Apic => s.icr & (Icr::X2APIC_RESERVED | 1 << 12) != 0,
-            _ => {
-                (s.icr as u32) & !Icr::LOW_WRITABLE != 0 || icr.destination() & 0x00FF_FFFF != 0
-            }
+            _ => (s.icr as u32) & !Icr::LOW_WRITABLE != 0 || icr.destination() & 0x00FF_FFFF != 0,
         };
         if icr_bad {
             return Err(StateError::Icr(s.icr));
@@ -265,9 +263,9 @@ impl LocalApic {
             return Err(StateError::Timer);
         }
         if s.timer_running {
-            let interval =
-                self.timer
-                    .interval_for(s.timer_initial_count, s.timer_divide, tmode);
+            let interval = self
+                .timer
+                .interval_for(s.timer_initial_count, s.timer_divide, tmode);
             if s.timer_initial_count == 0 || s.timer_elapsed_cycles >= interval {
                 return Err(StateError::Timer);
             }

@@ -33,7 +33,10 @@ impl TimeBase {
     /// First instant (ns) at which `cycles_at` reaches `cycles`.
     #[inline]
     pub fn ns_at_cycles(&self, cycles: u64) -> u64 {
-        sat64(div_ceil(cycles as u128 * NS_PER_SEC, self.bus_hz.max(1) as u128))
+        sat64(div_ceil(
+            cycles as u128 * NS_PER_SEC,
+            self.bus_hz.max(1) as u128,
+        ))
     }
 
     /// Guest TSC at `now_ns`.
@@ -56,7 +59,10 @@ impl TimeBase {
 
     /// Bus cycles in `ns` nanoseconds (rounded up).
     pub fn cycles_in_ns(&self, ns: u64) -> u64 {
-        sat64(div_ceil(ns as u128 * self.bus_hz.max(1) as u128, NS_PER_SEC))
+        sat64(div_ceil(
+            ns as u128 * self.bus_hz.max(1) as u128,
+            NS_PER_SEC,
+        ))
     }
 }
 

@@ -280,7 +280,7 @@ fn save_restore_keeps_hidden_state() {
     assert_eq!(b.id(), 5);
     assert!(b.take_nmi());
     assert_eq!(esr(&mut b), vlapic::regs::esr::RECEIVE_ILLEGAL_VECTOR);
-    // The in-service level vector still broadcasts... no: SVR bit 12 set.
+    // SVR bit 12 (suppress EOI broadcast) came back too: no broadcast.
     assert_eq!(w(&mut b, EOI, 0), None);
     assert_eq!(take(&mut b), Some(0x61));
 }
@@ -295,7 +295,8 @@ fn restore_rejects_inconsistent_state_and_changes_nothing() {
             .with_suppress_eoi_broadcast(true),
     );
     let before = b.save(0);
-    let cases: Vec<(vlapic::ApicState, fn(&StateError) -> bool)> = vec![
+    type Case = (vlapic::ApicState, fn(&StateError) -> bool);
+    let cases: Vec<Case> = vec![
         (
             {
                 let mut s = good;
