@@ -312,7 +312,7 @@ impl LocalApic {
     /// The CPU takes a maskable interrupt (INTA): moves the highest
     /// deliverable vector from IRR to ISR and returns it. If nothing is
     /// deliverable any more (TPR was raised, say) it returns the spurious
-    /// vector (SVR[7:0]) and sets nothing in ISR (SDM 11.9).
+    /// vector (`SVR[7:0]`) and sets nothing in ISR (SDM 11.9).
     pub fn acknowledge(&mut self) -> u8 {
         if self.mode != ApicMode::Disabled {
             if let Some(v) = self.irq.acknowledge(self.tpr) {

@@ -168,7 +168,7 @@ impl Destination {
     ///   x2APIC target its 32-bit ID), so aliased xAPIC IDs all receive;
     /// - logical, x2APIC target: `dest[31:16] == LDR[31:16]` and
     ///   `dest[15:0] & LDR[15:0] != 0`;
-    /// - logical, xAPIC target: flat model (DFR[31:28] = 0xF)
+    /// - logical, xAPIC target: flat model (`DFR[31:28]` = 0xF)
     ///   `LDR[31:24] & dest != 0`; cluster model (0x0) `dest[7:4]` equal to
     ///   `LDR[31:28]` or 0xF (all clusters) and `dest[3:0] & LDR[27:24] != 0`;
     ///   any other model matches nothing. A 32-bit destination above 0xFF
