@@ -89,6 +89,7 @@ pub use inbox::{Inbox, Merged, Posted};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::boxed::Box;
 use std::vec::Vec;
 
 use crate::event::Message;
