@@ -97,6 +97,18 @@ pub fn guest_main(boot: &BootInfo) {
         cpu::rdmsr_safe(0x802).err().map_or(0, u64::from),
         13,
     );
+    if cpu::cpuid(1, 0).ecx & (1 << 24) != 0 {
+        // LVT timer is in one-shot mode: the deadline MSR reads 0 and
+        // ignores writes.
+        cpu::wrmsr(apic::MSR_TSC_DEADLINE, cpu::rdtsc() + 1_000_000_000);
+        check_eq(
+            "IA32_TSC_DEADLINE reads 0 outside TSC-deadline mode",
+            cpu::rdmsr(apic::MSR_TSC_DEADLINE),
+            0,
+        );
+    } else {
+        skip("IA32_TSC_DEADLINE", "CPUID.1:ECX.TSC_DEADLINE is clear");
+    }
     x2apic_checks();
     cpu::cli();
     out().s("hello: done").nl();
