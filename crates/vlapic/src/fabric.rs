@@ -77,10 +77,15 @@
 //! processors and in KVM: arbitration looks at priority only, never at
 //! whether an APIC already has the vector pending or in service.
 //!
-//! Timing: the owner's PPR and software-enable state are seen by other
-//! threads as of its last [`Fabric::sync`] (or [`Fabric::publish`]);
-//! software-disable drops a Fixed vector if the APIC is disabled when the
-//! owner merges it.
+//! Timing: the owner's identity, PPR and software-enable state are seen by
+//! other threads as of its last [`Fabric::sync`] (or
+//! [`Fabric::update_identity`], [`Fabric::publish`]); software-disable
+//! drops a Fixed vector if the APIC is disabled when the owner merges it.
+//! The one exception is INIT, which changes the target's identity (xAPIC
+//! LDR and DFR reset) and software-enable state: the fabric applies that
+//! to its table when it routes the INIT, before posting it, so messages
+//! sent after an INIT are routed as the hardware would even if the target
+//! has not synced yet.
 
 mod inbox;
 
@@ -723,6 +728,16 @@ impl Fabric {
             if let Some(t) = self.arbitrate(&map, from, dest) {
                 self.post(&map, t, irq, &mut d);
             }
+        } else if irq.delivery_mode == DeliveryMode::Init && !irq.is_init_deassert() {
+            // INIT resets LDR, DFR and SVR: route by the post-INIT identity
+            // from now on, as the hardware would, without waiting for the
+            // targets to merge it (rare: boot, reset).
+            let mut targets = Vec::new();
+            map.for_each_target(from, dest, |t| targets.push(t));
+            let map = self.apply_init(&targets).unwrap_or(map);
+            for t in targets {
+                self.post(&map, t, irq, &mut d);
+            }
         } else {
             map.for_each_target(from, dest, |t| self.post(&map, t, irq, &mut d));
         }
@@ -756,6 +771,35 @@ impl Fabric {
             Posted::Coalesced => d.coalesced += 1,
             Posted::Ignored => {}
         }
+    }
+
+    /// Updates the routing identity and arbitration state of INIT targets
+    /// to what the INIT reset leaves (xAPIC: LDR 0, DFR flat; software
+    /// disabled) *before* the INIT is posted, so the owner cannot have
+    /// merged it and published a newer identity yet. Returns the new table
+    /// if it changed.
+    fn apply_init(&self, targets: &[usize]) -> Option<Arc<RouteMap>> {
+        let mut reg = self.lock_registry();
+        let mut changed = false;
+        for &t in targets {
+            self.slots[t].arb.store(ARB_INELIGIBLE, Ordering::Relaxed);
+            if let Some(id) = &mut reg.identities[t] {
+                if id.mode == ApicMode::XApic && (id.ldr != 0 || id.dfr != !0) {
+                    id.ldr = 0;
+                    id.dfr = !0;
+                    for (s, p) in self.slots[t].shadow.iter().zip(pack_identity(id)) {
+                        s.store(p, Ordering::Relaxed);
+                    }
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return None;
+        }
+        self.rebuild(&reg);
+        drop(reg);
+        Some(self.snapshot())
     }
 
     /// Lowest priority: the matched software-enabled vCPU with the lowest

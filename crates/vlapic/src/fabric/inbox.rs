@@ -40,8 +40,8 @@ pub enum Posted {
 /// level, so each posted bit carries its own trigger mode and IRR and TMR
 /// can never disagree. NMI, SMI, INIT, ExtINT and a start-up vector share
 /// one event word updated by compare-and-swap: posting INIT discards the
-/// NMI, SMI, ExtINT and SIPI posted before it (the INIT reset clears them
-/// too), so at merge time every event in the word was posted after the
+/// vectors, NMI, SMI, ExtINT and SIPI posted before it (the INIT reset
+/// clears them too), so at merge time every event in the word was posted after the
 /// last INIT and merging "INIT first, then SIPI, then the rest" is exactly
 /// the order they were sent in. A second SIPI while one is pending is
 /// coalesced (the target ignores it anyway).
@@ -154,6 +154,14 @@ impl Inbox {
                 }
                 // Everything posted before the INIT is discarded: the INIT
                 // reset would clear it (see the type's documentation).
+                for i in 0..4 {
+                    if self.edge[i].load(Ordering::Relaxed) != 0 {
+                        self.edge[i].swap(0, Ordering::AcqRel);
+                    }
+                    if self.level[i].load(Ordering::Relaxed) != 0 {
+                        self.level[i].swap(0, Ordering::AcqRel);
+                    }
+                }
                 let old = self.events.swap(EV_INIT, Ordering::AcqRel);
                 if old == EV_INIT {
                     Posted::Coalesced
