@@ -868,6 +868,12 @@ impl LocalApic {
     /// EOI broadcasts are suppressed.
     fn eoi(&mut self) -> Option<Message> {
         let (vector, level) = self.irq.eoi()?;
+        self.eoi_side_effects(vector, level)
+    }
+
+    /// What follows the removal of `vector` from ISR: LINT remote IRR and
+    /// the EOI broadcast (shared with EOI-induced exits).
+    pub(crate) fn eoi_side_effects(&mut self, vector: u8, level: bool) -> Option<Message> {
         for lvt in [Lvt::Lint0, Lvt::Lint1] {
             let e = self.lvt[lvt.index()];
             if e.remote_irr() && e.vector() == vector {

@@ -71,6 +71,7 @@ pub mod priority;
 pub mod regs;
 pub mod snapshot;
 pub mod timer;
+pub mod vapic;
 pub mod vector;
 
 pub use apic::LocalApic;
