@@ -10,8 +10,19 @@ use crate::error::{Error, Result};
 pub enum IrqchipMode {
     /// KVM's in-kernel LAPIC (and PIC/IOAPIC) via `KVM_CREATE_IRQCHIP`.
     Kernel,
-    /// The LAPIC is emulated in userspace behind [`crate::lapic_backend::LapicBackend`].
+    /// The LAPIC is emulated in userspace by `vlapic`
+    /// ([`crate::vlapic_backend::VlapicBackend`]).
     User,
+    /// Userspace, with the minimal [`crate::lapic_backend::StubLapic`]
+    /// (plumbing tests only: no timer, no NMI).
+    Stub,
+}
+
+impl IrqchipMode {
+    /// Whether the LAPIC lives in userspace (no `KVM_CREATE_IRQCHIP`).
+    pub fn is_userspace(self) -> bool {
+        self != IrqchipMode::Kernel
+    }
 }
 
 /// Where the 16550 serial port's output goes.
@@ -98,7 +109,8 @@ usage: vlapic-vmm --kernel PATH [options]
   --flat-addr ADDR         load/entry address of a flat binary (default 0x7c00)
   --memory MIB             guest RAM in MiB (default 64)
   --cpus N                 number of vCPUs (default 1, max 255)
-  --irqchip kernel|user    KVM in-kernel LAPIC or userspace LAPIC (default user)
+  --irqchip kernel|user|stub   KVM in-kernel LAPIC, userspace vlapic LAPIC
+                           (default user), or the minimal stub LAPIC
   --serial stdout|file:PATH|none   COM1 output (default stdout)
   --x2apic on|off          offer x2APIC in CPUID (default on)
   --tsc-deadline on|off    offer the TSC-deadline timer in CPUID (default on)
@@ -198,9 +210,10 @@ where
                 cfg.irqchip = match value(&mut it)?.as_str() {
                     "kernel" => IrqchipMode::Kernel,
                     "user" => IrqchipMode::User,
+                    "stub" => IrqchipMode::Stub,
                     v => {
                         return Err(Error::Args(format!(
-                            "--irqchip: expected kernel|user, got {v:?}"
+                            "--irqchip: expected kernel|user|stub, got {v:?}"
                         )))
                     }
                 }

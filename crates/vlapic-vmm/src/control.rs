@@ -143,6 +143,15 @@ impl VcpuControl {
         lock(&self.inner).state
     }
 
+    /// Records the run state the vCPU thread's LAPIC put it in (a mirror
+    /// for backends that model INIT/SIPI themselves).
+    pub fn set_state(&self, state: RunState) {
+        let mut g = lock(&self.inner);
+        if !g.stop {
+            g.state = state;
+        }
+    }
+
     /// Number of signals sent so far (statistics).
     pub fn kicks(&self) -> u64 {
         self.kicks.load(Ordering::Relaxed)

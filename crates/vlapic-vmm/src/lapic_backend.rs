@@ -71,18 +71,53 @@ pub struct BackendContext {
     pub tsc_deadline: bool,
     /// Guest TSC frequency in kHz (for TSC-deadline conversions).
     pub tsc_khz: u32,
+    /// Guest TSC value at [`Clock`] time 0 (so that the LAPIC's idea of
+    /// the guest TSC matches guest RDTSC).
+    pub tsc_at_zero: u64,
+    /// APIC timer input clock in kHz (CPUID 0x40000010 EBX).
+    pub apic_bus_khz: u32,
+    /// Guest MAXPHYADDR (CPUID 0x80000008 EAX[7:0]).
+    pub phys_bits: u8,
+    /// Log LAPIC events (IPIs, mode changes, INIT/SIPI) to stderr.
+    pub trace: bool,
     /// Control blocks of all vCPUs, indexed by vCPU index.
     pub vcpus: Arc<Vec<Arc<VcpuControl>>>,
     /// The VM clock.
     pub clock: Clock,
 }
 
+/// What a LAPIC has for its vCPU right now. Looking consumes nothing:
+/// take each item with the matching [`LapicBackend`] call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Highest deliverable maskable vector ([`LapicBackend::acknowledge`]).
+    pub interrupt: Option<u8>,
+    /// An NMI is pending ([`LapicBackend::take_nmi`]).
+    pub nmi: bool,
+    /// INIT was accepted: reset the vCPU registers
+    /// ([`LapicBackend::take_init`]).
+    pub init: bool,
+    /// Start-up IPI vector: start in real mode at `CS = vector << 8`
+    /// ([`LapicBackend::take_sipi`]).
+    pub sipi: Option<u8>,
+    /// The processor is in wait-for-SIPI and must not run.
+    pub wait_for_sipi: bool,
+}
+
+impl Pending {
+    /// Whether a vCPU halted with interrupt flag `if_flag` wakes up.
+    pub fn wakes_halt(&self, if_flag: bool) -> bool {
+        (if_flag && self.interrupt.is_some()) || self.nmi || self.init || self.sipi.is_some()
+    }
+}
+
 /// One vCPU's local APIC as seen by the vCPU loop. Called only from that
 /// vCPU's thread; implementations share state with other vCPUs
-/// internally (e.g. `Arc<Mutex<LocalApic>>` per vCPU plus a router).
+/// internally (e.g. an interrupt fabric with per-vCPU inboxes).
 pub trait LapicBackend: Send {
     /// The xAPIC MMIO base while the APIC is enabled in xAPIC mode, else
-    /// `None` (then MMIO there is not the APIC's).
+    /// `None` (then MMIO there is not the APIC's). Consulted on every MMIO
+    /// exit, so a moved base takes effect at once.
     fn mmio_base(&self) -> Option<u64>;
     /// Guest read of `data.len()` bytes at `offset` in the APIC page.
     fn mmio_read(&mut self, now_ns: u64, offset: u64, data: &mut [u8]);
@@ -92,20 +127,50 @@ pub trait LapicBackend: Send {
     fn msr_read(&mut self, now_ns: u64, msr: u32) -> Result<u64, Gp>;
     /// Guest WRMSR of a LAPIC MSR.
     fn msr_write(&mut self, now_ns: u64, msr: u32, value: u64) -> Result<(), Gp>;
+    /// Merges what other vCPUs and devices sent, runs the timer up to
+    /// `now_ns` and reports what is pending. Called before every guest
+    /// entry and while halted.
+    fn poll(&mut self, now_ns: u64) -> Pending;
     /// The vector the LAPIC would deliver now (highest deliverable IRR
     /// vector above PPR), if any.
-    fn pending_interrupt(&mut self, now_ns: u64) -> Option<u8>;
+    fn pending_interrupt(&mut self, now_ns: u64) -> Option<u8> {
+        self.poll(now_ns).interrupt
+    }
     /// The CPU takes the interrupt: IRR→ISR; returns the vector to inject
     /// (the spurious vector if it was masked meanwhile).
     fn acknowledge(&mut self, now_ns: u64) -> u8;
     /// Takes a pending NMI (LVT or IPI).
     fn take_nmi(&mut self) -> bool;
+    /// Whether INIT / SIPI / wait-for-SIPI come from this LAPIC
+    /// ([`Pending::init`], [`Pending::sipi`], [`Pending::wait_for_sipi`]).
+    /// If not, the backend drives [`VcpuControl::send_init`] /
+    /// [`VcpuControl::send_sipi`] instead.
+    fn models_run_state(&self) -> bool {
+        false
+    }
+    /// Takes a pending INIT (the LAPIC already did its INIT reset).
+    fn take_init(&mut self) -> bool {
+        false
+    }
+    /// Takes a pending start-up vector.
+    fn take_sipi(&mut self) -> Option<u8> {
+        None
+    }
     /// When the LAPIC timer (one-shot, periodic or TSC deadline) next fires.
     fn next_deadline_ns(&self) -> Option<u64>;
     /// TPR[7:4] as CR8.
     fn cr8(&self) -> u8;
     /// The guest wrote CR8 (seen in `kvm_run.cr8` after an exit).
     fn set_cr8(&mut self, now_ns: u64, cr8: u8);
+    /// One line of per-vCPU statistics for `--stats`.
+    fn report(&self) -> Option<String> {
+        None
+    }
+    /// VM-wide statistics (e.g. of an interrupt fabric) for `--stats`;
+    /// printed once, from vCPU 0's backend.
+    fn vm_report(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Creates the backend of one vCPU.
@@ -114,8 +179,8 @@ pub type BackendFactory = Arc<dyn Fn(&BackendContext) -> Box<dyn LapicBackend> +
 /// Pending-IRR slots of all vCPUs, shared by the [`StubLapic`]s of a VM.
 pub type StubInbox = Arc<Vec<Mutex<[u64; 4]>>>;
 
-/// A deliberately minimal LAPIC used until `vlapic` is wired in, to
-/// exercise the userspace plumbing: ID, version, TPR/PPR, SVR, EOI,
+/// A deliberately minimal LAPIC (`--irqchip stub`), kept to exercise the
+/// userspace plumbing without `vlapic`: ID, version, TPR/PPR, SVR, EOI,
 /// ISR/IRR reads, the APIC_BASE / x2APIC mode switch, and IPIs: Fixed
 /// (physical destination = vCPU index, or a shorthand; to other vCPUs
 /// through a shared inbox + [`VcpuControl::wake`]), INIT and Start-up
@@ -356,10 +421,13 @@ impl LapicBackend for StubLapic {
         }
     }
 
-    fn pending_interrupt(&mut self, _now: u64) -> Option<u8> {
+    fn poll(&mut self, _now: u64) -> Pending {
         self.drain_inbox();
-        let v = highest(&self.irr)?;
-        (u32::from(v) & 0xf0 > self.ppr() & 0xf0).then_some(v)
+        let interrupt = highest(&self.irr).filter(|&v| u32::from(v) & 0xf0 > self.ppr() & 0xf0);
+        Pending {
+            interrupt,
+            ..Pending::default()
+        }
     }
 
     fn acknowledge(&mut self, now: u64) -> u8 {
@@ -404,6 +472,10 @@ mod tests {
             x2apic: true,
             tsc_deadline: true,
             tsc_khz: 1_000_000,
+            tsc_at_zero: 0,
+            apic_bus_khz: 1_000_000,
+            phys_bits: 46,
+            trace: false,
             vcpus: Arc::new(vec![Arc::new(VcpuControl::new(0, RunState::Running))]),
             clock: Clock::new(),
         }

@@ -1,6 +1,6 @@
 //! `vlapic-vmm`: a small KVM-based VMM that runs test guests with the local
 //! APIC either in KVM (`--irqchip kernel`) or in userspace
-//! (`--irqchip user`, behind [`lapic_backend::LapicBackend`]).
+//! (`--irqchip user`: `vlapic`, behind [`lapic_backend::LapicBackend`]).
 //!
 //! Modules:
 //! - [`args`]: command line.
@@ -10,7 +10,8 @@
 //! - [`devices`]: serial, isa-debug-exit, fw_cfg.
 //! - [`control`]: per-vCPU control block (INIT/SIPI, park/wake, kick),
 //!   VM clock, timer service.
-//! - [`lapic_backend`]: the userspace-LAPIC seam.
+//! - [`lapic_backend`]: the userspace-LAPIC seam (and the minimal stub).
+//! - [`vlapic_backend`]: the real userspace LAPIC, `vlapic` + its fabric.
 //! - [`vcpu`]: the vCPU thread loop; [`vm`]: VM setup and [`vm::run`].
 
 #![warn(missing_docs)]
@@ -25,6 +26,7 @@ pub mod lapic_backend;
 pub mod layout;
 pub mod loader;
 pub mod vcpu;
+pub mod vlapic_backend;
 pub mod vm;
 
 pub use error::{Error, Result};

@@ -10,9 +10,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::ioctl::ioctl_with_ref;
 
-use crate::args::IrqchipMode;
 use crate::boot;
-use crate::control::{Action, ThreadRunGuard, VcpuControl, Wake};
+use crate::control::{Action, RunState, ThreadRunGuard, VcpuControl, Wake};
 use crate::devices::IoEvent;
 use crate::lapic_backend::{is_lapic_msr, LapicBackend, APIC_MMIO_SIZE};
 use crate::vm::{Outcome, VmShared};
@@ -49,6 +48,16 @@ pub struct VcpuStats {
     pub in_run: Duration,
     /// Interrupts injected with `KVM_INTERRUPT`.
     pub injected: u64,
+    /// NMIs injected with `KVM_NMI`.
+    pub nmis: u64,
+    /// Times the vCPU parked (HLT or wait-for-SIPI).
+    pub parks: u64,
+    /// Time spent parked.
+    pub parked: Duration,
+    /// The userspace LAPIC's own statistics line.
+    pub lapic: Option<String>,
+    /// VM-wide LAPIC statistics (vCPU 0 only).
+    pub lapic_vm: Option<String>,
 }
 
 /// Everything a vCPU thread owns.
@@ -80,6 +89,14 @@ enum Next {
     Finish(Outcome),
     Fatal(String),
     InternalError,
+}
+
+/// What the LAPIC's run state says before an entry.
+enum Gate {
+    /// Enter the guest.
+    Run,
+    /// Wait-for-SIPI: do not run, park until woken.
+    Wait,
 }
 
 impl VcpuThread {
@@ -167,6 +184,12 @@ impl VcpuThread {
         let _guard = ThreadRunGuard::new(self.vcpu.get_kvm_run());
         let result = self.run_inner();
         self.ctl.unbind_thread();
+        if let Some(l) = &self.lapic {
+            self.stats.lapic = l.report();
+            if self.index == 0 {
+                self.stats.lapic_vm = l.vm_report();
+            }
+        }
         if let Err(msg) = result {
             self.vm
                 .finish(Outcome::Error(format!("vCPU {}: {msg}", self.index)));
@@ -175,8 +198,15 @@ impl VcpuThread {
     }
 
     fn run_inner(&mut self) -> Result<(), String> {
+        let lapic_run_state = self.lapic.as_ref().is_some_and(|l| l.models_run_state());
         if let Some(st) = self.initial.take() {
             self.set_state(st)?;
+        } else if lapic_run_state {
+            // AP whose LAPIC holds it in wait-for-SIPI (checked before
+            // every entry, see `gate`): start from the INIT state.
+            let base = self.current_sregs()?;
+            self.set_state(boot::init_state(&base))?;
+            self.ctl.set_state(RunState::WaitForSipi);
         } else if self.lapic.is_some() {
             // AP with a userspace LAPIC: wait for INIT and SIPI.
             if !self.startup()? {
@@ -185,7 +215,7 @@ impl VcpuThread {
         }
         // With KVM's LAPIC an AP just enters KVM_RUN; KVM keeps it in
         // wait-for-SIPI itself.
-        let user = self.vm.irqchip == IrqchipMode::User;
+        let user = self.vm.irqchip.is_userspace();
         self.run_ptr = self.vcpu.get_kvm_run() as *mut kvm_run as usize;
         loop {
             match self.ctl.next_action() {
@@ -199,6 +229,13 @@ impl VcpuThread {
                 Action::Run => {}
             }
             self.ctl.enter_guest();
+            if lapic_run_state {
+                if let Gate::Wait = self.gate()? {
+                    self.ctl.exit_guest();
+                    self.park(None);
+                    continue;
+                }
+            }
             if user {
                 self.prepare_entry()?;
             }
@@ -226,15 +263,22 @@ impl VcpuThread {
         let Some(lapic) = self.lapic.as_mut() else {
             return Ok(());
         };
+        // Poll first (merges IPIs, runs the timer to `now`), then arm the
+        // host timer for what is still ahead.
+        let p = lapic.poll(now);
         if let Some(t) = &self.vm.timers {
             t.arm(self.index as usize, lapic.next_deadline_ns());
         }
-        if lapic.take_nmi() {
+        if p.nmi && lapic.take_nmi() {
             self.vcpu.nmi().map_err(|e| format!("KVM_NMI: {e}"))?;
+            self.stats.nmis += 1;
+            if self.vm.trace {
+                eprintln!("[vcpu{}] inject NMI", self.index);
+            }
         }
         let cr8 = lapic.cr8();
         self.entry_cr8 = cr8;
-        let pending = lapic.pending_interrupt(now).is_some();
+        let pending = p.interrupt.is_some();
         let run = self.vcpu.get_kvm_run();
         run.cr8 = u64::from(cr8);
         let can_inject = run.ready_for_interrupt_injection != 0 && run.if_flag != 0;
@@ -253,31 +297,82 @@ impl VcpuThread {
         Ok(())
     }
 
+    /// The LAPIC's run state (INIT, SIPI, wait-for-SIPI) before an entry:
+    /// INIT resets the registers, a start-up IPI starts the vCPU in real
+    /// mode at `CS = vector << 8`, wait-for-SIPI keeps it out of the guest.
+    fn gate(&mut self) -> Result<Gate, String> {
+        let now = self.vm.clock.now_ns();
+        let Some(lapic) = self.lapic.as_mut() else {
+            return Ok(Gate::Run);
+        };
+        let p = lapic.poll(now);
+        if !(p.init || p.sipi.is_some() || p.wait_for_sipi) {
+            return Ok(Gate::Run);
+        }
+        let init = p.init && lapic.take_init();
+        let sipi = p.sipi.and_then(|_| lapic.take_sipi());
+        if init {
+            // The LAPIC did its INIT reset; now the CPU's (an AP then
+            // waits for SIPI, the BSP restarts at the reset vector).
+            let base = self.current_sregs()?;
+            self.set_state(boot::init_state(&base))?;
+            self.ctl.set_state(if p.wait_for_sipi || sipi.is_some() {
+                RunState::WaitForSipi
+            } else {
+                RunState::Running
+            });
+            self.trace(|| "INIT: registers reset".into());
+        }
+        if let Some(v) = sipi {
+            self.trace(|| {
+                format!(
+                    "SIPI vector {v:#04x}: starting at {:#x}",
+                    u32::from(v) << 12
+                )
+            });
+            let base = self.current_sregs()?;
+            self.set_state(boot::sipi_state(&base, v))?;
+            self.ctl.set_state(RunState::Running);
+        }
+        Ok(if p.wait_for_sipi && sipi.is_none() {
+            Gate::Wait
+        } else {
+            Gate::Run
+        })
+    }
+
+    /// Parks the vCPU thread (statistics kept).
+    fn park(&mut self, until: Option<Instant>) -> Wake {
+        let t0 = Instant::now();
+        let w = self.ctl.park(until);
+        self.stats.parks += 1;
+        self.stats.parked += t0.elapsed();
+        w
+    }
+
     /// HLT with a userspace LAPIC: park until an interrupt is deliverable
-    /// (IF=1 and above PPR), an NMI is pending, INIT or stop. Returning to
-    /// the guest without one of those would be a spurious HLT wake-up.
+    /// (IF=1 and above PPR), an NMI, INIT or SIPI is pending, or stop.
+    /// Returning to the guest without one of those would be a spurious
+    /// HLT wake-up. Timer deadlines are honoured by the park timeout.
     fn halt(&mut self) {
         loop {
+            // Clear a stale wake first: a post after the poll below sets
+            // it again, so the park cannot miss it.
+            self.ctl.clear_wake();
             let now = self.vm.clock.now_ns();
             let if_flag = self.vcpu.get_kvm_run().if_flag != 0;
             let Some(lapic) = self.lapic.as_mut() else {
                 return;
             };
-            if lapic.take_nmi() {
-                if let Err(e) = self.vcpu.nmi() {
-                    eprintln!("vlapic-vmm: vCPU {}: KVM_NMI: {e}", self.index);
-                }
+            if lapic.poll(now).wakes_halt(if_flag) {
                 return;
             }
-            if if_flag && lapic.pending_interrupt(now).is_some() {
-                return;
-            }
-            // Never spin on a deadline that is already due: the LAPIC
-            // accounts for it in pending_interrupt(now).
+            // Never spin on a deadline that is already due: poll(now)
+            // accounted for it.
             let until = lapic
                 .next_deadline_ns()
                 .map(|d| self.vm.clock.instant_at(d.max(now + 1_000)));
-            match self.ctl.park(until) {
+            match self.park(until) {
                 Wake::Woken | Wake::Timeout => continue,
                 Wake::Control => return,
             }

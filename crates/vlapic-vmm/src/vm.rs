@@ -25,6 +25,7 @@ use crate::lapic_backend::{
 use crate::layout;
 use crate::loader;
 use crate::vcpu::{VcpuStats, VcpuThread};
+use crate::vlapic_backend::VlapicBackend;
 
 /// Process exit status on `--timeout`.
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -161,6 +162,31 @@ pub fn setup_userspace_lapic(vm: &VmFd) -> Result<()> {
     Ok(())
 }
 
+/// The guest TSC at [`Clock`] time 0 of a new vCPU: its TSC (MSR 0x10,
+/// read with `KVM_GET_MSRS`) minus the clock's age in TSC cycles. The
+/// guest TSC then reads `tsc_at_zero + now_ns * tsc_khz / 10^6`, which is
+/// what the LAPIC's TSC-deadline timer assumes.
+pub fn guest_tsc_at_zero(vcpu: &kvm_ioctls::VcpuFd, clock: &Clock, tsc_khz: u32) -> Result<u64> {
+    let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+        index: 0x10,
+        ..Default::default()
+    }])
+    .map_err(|e| Error::Memory(format!("MSR list: {e:?}")))?;
+    // Take the clock reading on both sides of the ioctl and use the middle.
+    let t0 = clock.now_ns();
+    let n = vcpu
+        .get_msrs(&mut msrs)
+        .map_err(kvm("KVM_GET_MSRS(IA32_TSC)"))?;
+    let t1 = clock.now_ns();
+    if n != 1 {
+        return Err(Error::Memory("KVM_GET_MSRS(IA32_TSC) read nothing".into()));
+    }
+    let tsc = msrs.as_slice()[0].data;
+    let mid = t0 + (t1 - t0) / 2;
+    let cycles = (u128::from(mid) * u128::from(tsc_khz) / 1_000_000) as u64;
+    Ok(tsc.wrapping_sub(cycles))
+}
+
 /// Runs the VM described by `cfg` until it ends; returns the process exit
 /// status. With `--irqchip user`, the LAPIC of each vCPU comes from
 /// `factory` (default: [`StubLapic`], which only knows self-IPIs).
@@ -192,16 +218,19 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
                 );
             }
         }
-        IrqchipMode::User => {
+        IrqchipMode::User | IrqchipMode::Stub => {
             setup_userspace_lapic(&vm)?;
-            if factory.is_none() {
+            if factory.is_none() && cfg.irqchip == IrqchipMode::Stub {
                 eprintln!(
-                    "vlapic-vmm: userspace LAPIC not wired yet: using the minimal stub LAPIC (IPIs, INIT/SIPI; no timer, no NMI)"
+                    "vlapic-vmm: using the minimal stub LAPIC (IPIs, INIT/SIPI; no timer, no NMI)"
                 );
             }
         }
     }
-    let factory = factory.unwrap_or_else(StubLapic::factory);
+    let factory = factory.unwrap_or_else(|| match cfg.irqchip {
+        IrqchipMode::Stub => StubLapic::factory(),
+        _ => VlapicBackend::factory(),
+    });
     let supported = kvm_sys
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
@@ -221,8 +250,15 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
             })
             .collect(),
     );
-    let timers =
-        (cfg.irqchip == IrqchipMode::User).then(|| TimerService::start(clock, controls.to_vec()));
+    let timers = cfg
+        .irqchip
+        .is_userspace()
+        .then(|| TimerService::start(clock, controls.to_vec()));
+    let phys_bits = supported
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0008)
+        .map_or(46, |e| (e.eax & 0xff) as u8);
     let shared = Arc::new(VmShared {
         bus: IoBus::new(
             new_serial(open_serial(&cfg.serial)?),
@@ -270,7 +306,12 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
         } else {
             None
         };
-        let lapic = (cfg.irqchip == IrqchipMode::User).then(|| {
+        let tsc_at_zero = if cfg.irqchip.is_userspace() {
+            guest_tsc_at_zero(&vcpu, &clock, tsc_khz)?
+        } else {
+            0
+        };
+        let lapic = cfg.irqchip.is_userspace().then(|| {
             factory(&BackendContext {
                 cpu: i,
                 apic_id: i,
@@ -279,6 +320,10 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
                 x2apic: cfg.x2apic,
                 tsc_deadline: cfg.tsc_deadline,
                 tsc_khz,
+                tsc_at_zero,
+                apic_bus_khz: APIC_BUS_KHZ,
+                phys_bits,
+                trace: cfg.trace,
                 vcpus: controls.clone(),
                 clock,
             })
@@ -381,12 +426,21 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
                     0.0
                 };
                 eprintln!(
-                    "vlapic-vmm: vcpu{i}: {} KVM_RUNs ({per:.1} us avg in KVM_RUN), {} injected, {} kicks, exits {:?}",
+                    "vlapic-vmm: vcpu{i}: {} KVM_RUNs ({per:.1} us avg in KVM_RUN), {} injected, {} NMIs, {} kicks, {} parks ({:.3} s parked), exits {:?}",
                     s.runs,
                     s.injected,
+                    s.nmis,
                     controls[i].kicks(),
+                    s.parks,
+                    s.parked.as_secs_f64(),
                     s.exits
                 );
+                if let Some(l) = &s.lapic {
+                    eprintln!("vlapic-vmm: vcpu{i}: {l}");
+                }
+                if let Some(l) = &s.lapic_vm {
+                    eprintln!("vlapic-vmm: {l}");
+                }
             }
         }
     }

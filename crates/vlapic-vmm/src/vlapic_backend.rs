@@ -1,0 +1,460 @@
+//! The real userspace LAPIC: [`LapicBackend`] over [`vlapic::LocalApic`]
+//! and the [`vlapic::fabric::Fabric`] that carries IPIs between vCPUs.
+//!
+//! # Threading
+//!
+//! Each vCPU thread owns its [`LocalApic`] (no lock). Everything another
+//! thread may touch lives in the VM's [`Fabric`]: a lock-free inbox per
+//! vCPU, the routing table and the lowest-priority mirror. An IPI written
+//! by vCPU A is routed on A's thread ([`Fabric::send_ipi`]): it is posted
+//! into the target's inbox and the fabric calls the target's wake
+//! callback, which is [`VcpuControl::wake`] (unhalt, or kick out of
+//! `KVM_RUN` with a signal). The target merges its inbox into its
+//! `LocalApic` in [`LapicBackend::poll`] ([`Fabric::sync`]), which the
+//! vCPU loop calls after `VcpuControl::enter_guest` before every entry and
+//! while halted, so a post is never missed (see `control` for the kick
+//! protocol).
+//!
+//! # Time
+//!
+//! The LAPIC's clock is the VM [`crate::control::Clock`] (ns). The APIC
+//! timer runs at [`BackendContext::apic_bus_khz`] (what CPUID 0x40000010
+//! EBX advertises); the TSC-deadline timer converts with the guest TSC
+//! frequency and [`BackendContext::tsc_at_zero`], the guest TSC at clock
+//! time 0, measured when the vCPU was created. The vCPU loop arms the
+//! [`crate::control::TimerService`] with [`LapicBackend::next_deadline_ns`]
+//! before each entry (it kicks the vCPU out of the guest when the
+//! deadline passes) and a halted vCPU parks with that deadline.
+//!
+//! # Messages
+//!
+//! `Message::Ipi` goes to the fabric; `Message::Eoi` (level-triggered EOI
+//! broadcast) is counted and handed to the [`EoiHook`] (where an IOAPIC
+//! will listen); `Message::ApicBaseChanged` needs nothing: the vCPU loop
+//! asks [`LapicBackend::mmio_base`] on every MMIO exit. SMI and ExtINT have
+//! no receiver here (no SMM, no 8259): they are taken, counted and logged
+//! once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use vlapic::fabric::Fabric;
+use vlapic::{ApicConfig, LocalApic, Message};
+
+use crate::lapic_backend::{BackendContext, BackendFactory, Gp, LapicBackend, Pending};
+
+/// Receives level-triggered EOI broadcasts: `(vcpu, vector)`. The IOAPIC
+/// will clear remote IRR here.
+pub type EoiHook = Arc<dyn Fn(usize, u8) + Send + Sync>;
+
+/// Per-vCPU counters of LAPIC traffic.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BackendStats {
+    /// xAPIC MMIO reads.
+    pub mmio_reads: u64,
+    /// xAPIC MMIO writes.
+    pub mmio_writes: u64,
+    /// LAPIC RDMSRs.
+    pub msr_reads: u64,
+    /// LAPIC WRMSRs.
+    pub msr_writes: u64,
+    /// Accesses answered with #GP.
+    pub gp: u64,
+    /// IPIs sent (routed through the fabric).
+    pub ipis: u64,
+    /// IPI deliveries (targets reached).
+    pub ipi_targets: u64,
+    /// Interrupts taken out of this vCPU's inbox (merged into IRR or as
+    /// NMI/INIT/SIPI events).
+    pub merged: u64,
+    /// Interrupts acknowledged (IRR→ISR) for injection.
+    pub acknowledged: u64,
+    /// EOI broadcasts (level-triggered vectors).
+    pub eoi_broadcasts: u64,
+    /// `IA32_APIC_BASE` mode / base changes.
+    pub base_changes: u64,
+    /// NMIs taken for injection.
+    pub nmis: u64,
+    /// INITs taken.
+    pub inits: u64,
+    /// Start-up IPIs taken.
+    pub sipis: u64,
+    /// SMIs dropped (no SMM).
+    pub smis_ignored: u64,
+    /// ExtINTs dropped (no 8259).
+    pub extints_ignored: u64,
+}
+
+/// One vCPU's [`LocalApic`], connected to the VM's [`Fabric`].
+pub struct VlapicBackend {
+    cpu: usize,
+    apic: LocalApic,
+    fabric: Arc<Fabric>,
+    eoi_hook: Option<EoiHook>,
+    trace: bool,
+    stats: BackendStats,
+}
+
+impl std::fmt::Debug for VlapicBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VlapicBackend")
+            .field("cpu", &self.cpu)
+            .field("apic", &self.apic)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The APIC configuration for a vCPU.
+pub fn apic_config(ctx: &BackendContext) -> ApicConfig {
+    ApicConfig::new(ctx.apic_id)
+        .with_bsp(ctx.bsp)
+        .with_x2apic(ctx.x2apic)
+        .with_tsc_deadline(ctx.tsc_deadline)
+        .with_bus_frequency_hz(u64::from(ctx.apic_bus_khz) * 1000)
+        .with_tsc_frequency_hz(u64::from(ctx.tsc_khz) * 1000)
+        .with_tsc_offset(ctx.tsc_at_zero)
+        .with_max_phys_addr_bits(ctx.phys_bits)
+}
+
+static SMI_WARNED: AtomicBool = AtomicBool::new(false);
+static EXTINT_WARNED: AtomicBool = AtomicBool::new(false);
+
+fn warn_once(flag: &AtomicBool, msg: impl FnOnce() -> String) {
+    if !flag.swap(true, Ordering::Relaxed) {
+        eprintln!("vlapic-vmm: {} (logged once)", msg());
+    }
+}
+
+impl VlapicBackend {
+    /// The LAPIC of vCPU `ctx.cpu`, attached to `fabric`.
+    pub fn new(ctx: &BackendContext, fabric: Arc<Fabric>, eoi_hook: Option<EoiHook>) -> Self {
+        let apic = LocalApic::new(apic_config(ctx));
+        let cpu = ctx.cpu as usize;
+        fabric.attach(cpu, &apic);
+        VlapicBackend {
+            cpu,
+            apic,
+            fabric,
+            eoi_hook,
+            trace: ctx.trace,
+            stats: BackendStats::default(),
+        }
+    }
+
+    /// A fabric for the vCPUs of `ctx` whose wake callback is
+    /// [`crate::control::VcpuControl::wake`].
+    pub fn new_fabric(ctx: &BackendContext) -> Arc<Fabric> {
+        let fabric = Arc::new(Fabric::new(ctx.vcpus.len()));
+        let vcpus = ctx.vcpus.clone();
+        fabric.set_default_waker(Arc::new(move |i: usize| {
+            if let Some(v) = vcpus.get(i) {
+                v.wake();
+            }
+        }));
+        fabric
+    }
+
+    /// A factory: one fabric per VM (created with the first backend).
+    pub fn factory() -> BackendFactory {
+        Self::factory_with_eoi_hook(None)
+    }
+
+    /// A factory whose backends pass EOI broadcasts to `hook`.
+    pub fn factory_with_eoi_hook(hook: Option<EoiHook>) -> BackendFactory {
+        let shared: Arc<OnceLock<Arc<Fabric>>> = Arc::new(OnceLock::new());
+        Arc::new(move |ctx| {
+            let fabric = shared.get_or_init(|| Self::new_fabric(ctx)).clone();
+            Box::new(VlapicBackend::new(ctx, fabric, hook.clone())) as Box<dyn LapicBackend>
+        })
+    }
+
+    /// The device model.
+    pub fn apic(&self) -> &LocalApic {
+        &self.apic
+    }
+
+    /// The fabric.
+    pub fn fabric(&self) -> &Arc<Fabric> {
+        &self.fabric
+    }
+
+    /// Traffic counters.
+    pub fn stats(&self) -> &BackendStats {
+        &self.stats
+    }
+
+    fn message(&mut self, msg: Message) {
+        match msg {
+            Message::Ipi(ipi) => {
+                let d = self.fabric.send_ipi(self.cpu, &ipi);
+                self.stats.ipis += 1;
+                self.stats.ipi_targets += u64::from(d.targets);
+                if self.trace {
+                    eprintln!("[vcpu{}] lapic: IPI {ipi:?} -> {d:?}", self.cpu);
+                }
+            }
+            Message::Eoi { vector } => {
+                self.stats.eoi_broadcasts += 1;
+                if self.trace {
+                    eprintln!(
+                        "[vcpu{}] lapic: EOI broadcast vector {vector:#04x}",
+                        self.cpu
+                    );
+                }
+                if let Some(h) = &self.eoi_hook {
+                    h(self.cpu, vector);
+                }
+            }
+            Message::ApicBaseChanged { apic_base, mode } => {
+                self.stats.base_changes += 1;
+                if self.trace {
+                    eprintln!(
+                        "[vcpu{}] lapic: IA32_APIC_BASE = {apic_base:#x} ({mode:?}), MMIO window {:x?}",
+                        self.cpu,
+                        self.apic.mmio_base()
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl LapicBackend for VlapicBackend {
+    fn mmio_base(&self) -> Option<u64> {
+        self.apic.mmio_base()
+    }
+
+    fn mmio_read(&mut self, now_ns: u64, offset: u64, data: &mut [u8]) {
+        self.stats.mmio_reads += 1;
+        self.apic.mmio_read(now_ns, offset, data);
+    }
+
+    fn mmio_write(&mut self, now_ns: u64, offset: u64, data: &[u8]) {
+        self.stats.mmio_writes += 1;
+        if let Some(m) = self.apic.mmio_write(now_ns, offset, data) {
+            self.message(m);
+        }
+    }
+
+    fn msr_read(&mut self, now_ns: u64, msr: u32) -> Result<u64, Gp> {
+        self.stats.msr_reads += 1;
+        self.apic.msr_read(now_ns, msr).map_err(|_| {
+            self.stats.gp += 1;
+            Gp
+        })
+    }
+
+    fn msr_write(&mut self, now_ns: u64, msr: u32, value: u64) -> Result<(), Gp> {
+        self.stats.msr_writes += 1;
+        match self.apic.msr_write(now_ns, msr, value) {
+            Ok(m) => {
+                if let Some(m) = m {
+                    self.message(m);
+                }
+                Ok(())
+            }
+            Err(_) => {
+                self.stats.gp += 1;
+                Err(Gp)
+            }
+        }
+    }
+
+    fn poll(&mut self, now_ns: u64) -> Pending {
+        let synced = self.fabric.sync(self.cpu, &mut self.apic);
+        if synced.merged.any() {
+            let m = synced.merged;
+            self.stats.merged += u64::from(m.latched + m.coalesced + m.dropped + m.events);
+        }
+        let mut w = self.apic.poll(now_ns);
+        if w.smi {
+            self.apic.take_smi();
+            self.stats.smis_ignored += 1;
+            warn_once(&SMI_WARNED, || {
+                format!("vCPU {}: SMI ignored (no SMM)", self.cpu)
+            });
+        }
+        if w.extint {
+            // A latched ExtINT message is cleared; LINT0 in ExtINT mode is
+            // never asserted here (no 8259 drives it).
+            self.apic.acknowledge_extint();
+            self.stats.extints_ignored += 1;
+            warn_once(&EXTINT_WARNED, || {
+                format!("vCPU {}: ExtINT ignored (no 8259 PIC)", self.cpu)
+            });
+            w = self.apic.work();
+        }
+        Pending {
+            interrupt: w.interrupt,
+            nmi: w.nmi,
+            init: w.init,
+            sipi: w.sipi,
+            wait_for_sipi: w.wait_for_sipi,
+        }
+    }
+
+    fn acknowledge(&mut self, _now_ns: u64) -> u8 {
+        self.stats.acknowledged += 1;
+        self.apic.acknowledge()
+    }
+
+    fn take_nmi(&mut self) -> bool {
+        let t = self.apic.take_nmi();
+        self.stats.nmis += u64::from(t);
+        t
+    }
+
+    fn models_run_state(&self) -> bool {
+        true
+    }
+
+    fn take_init(&mut self) -> bool {
+        let t = self.apic.take_init();
+        self.stats.inits += u64::from(t);
+        t
+    }
+
+    fn take_sipi(&mut self) -> Option<u8> {
+        let v = self.apic.take_sipi();
+        self.stats.sipis += u64::from(v.is_some());
+        v
+    }
+
+    fn next_deadline_ns(&self) -> Option<u64> {
+        self.apic.next_timer_deadline()
+    }
+
+    fn cr8(&self) -> u8 {
+        self.apic.cr8() as u8
+    }
+
+    fn set_cr8(&mut self, _now_ns: u64, cr8: u8) {
+        self.apic.set_cr8(u64::from(cr8));
+    }
+
+    fn report(&self) -> Option<String> {
+        Some(format!(
+            "lapic {:?}; vlapic {:?}",
+            self.stats,
+            self.apic.stats()
+        ))
+    }
+
+    fn vm_report(&self) -> Option<String> {
+        Some(format!("fabric {:?}", self.fabric.stats()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{Clock, RunState, VcpuControl, Wake};
+
+    fn ctxs(n: u32) -> Vec<BackendContext> {
+        let vcpus: Arc<Vec<Arc<VcpuControl>>> = Arc::new(
+            (0..n)
+                .map(|i| {
+                    Arc::new(VcpuControl::new(
+                        i,
+                        if i == 0 {
+                            RunState::Running
+                        } else {
+                            RunState::WaitForSipi
+                        },
+                    ))
+                })
+                .collect(),
+        );
+        (0..n)
+            .map(|i| BackendContext {
+                cpu: i,
+                apic_id: i,
+                bsp: i == 0,
+                cpus: n,
+                x2apic: true,
+                tsc_deadline: true,
+                tsc_khz: 2_000_000,
+                tsc_at_zero: 1_000_000,
+                apic_bus_khz: 1_000_000,
+                phys_bits: 46,
+                trace: false,
+                vcpus: vcpus.clone(),
+                clock: Clock::new(),
+            })
+            .collect()
+    }
+
+    fn w32(l: &mut dyn LapicBackend, off: u64, v: u32) {
+        l.mmio_write(0, off, &v.to_le_bytes());
+    }
+
+    #[test]
+    fn init_sipi_and_fixed_ipi_through_the_fabric() {
+        let c = ctxs(2);
+        let f = VlapicBackend::factory();
+        let mut bsp = f(&c[0]);
+        let mut ap = f(&c[1]);
+        assert!(ap.models_run_state());
+        assert!(ap.poll(0).wait_for_sipi);
+        w32(bsp.as_mut(), 0xf0, 0x1ff);
+        // INIT (assert) + SIPI 0x08 to all excluding self.
+        w32(bsp.as_mut(), 0x300, 0x000c_4500);
+        assert_eq!(c[1].vcpus[1].park(None), Wake::Woken);
+        w32(bsp.as_mut(), 0x300, 0x000c_4608);
+        let p = ap.poll(0);
+        assert!(p.init && p.sipi == Some(0x08) && !p.wait_for_sipi, "{p:?}");
+        assert!(ap.take_init());
+        assert_eq!(ap.take_sipi(), Some(0x08));
+        // The AP enables its APIC and gets a fixed IPI from the BSP.
+        w32(ap.as_mut(), 0xf0, 0x1ff);
+        assert_eq!(ap.poll(0), Pending::default());
+        w32(bsp.as_mut(), 0x310, 1 << 24);
+        w32(bsp.as_mut(), 0x300, 0x42);
+        assert_eq!(c[1].vcpus[1].park(None), Wake::Woken);
+        assert_eq!(ap.poll(0).interrupt, Some(0x42));
+        assert_eq!(ap.acknowledge(0), 0x42);
+        assert_eq!(bsp.poll(0).interrupt, None);
+        // A second SIPI is ignored.
+        w32(bsp.as_mut(), 0x300, 0x000c_4609);
+        assert_eq!(ap.poll(0).sipi, None);
+    }
+
+    #[test]
+    fn timer_deadlines_and_tsc_deadline() {
+        let c = ctxs(1);
+        let mut l = VlapicBackend::factory()(&c[0]);
+        w32(l.as_mut(), 0xf0, 0x1ff);
+        // One-shot, divide by 1, 1000 bus cycles at 1 GHz = 1 us.
+        w32(l.as_mut(), 0x3e0, 0xb);
+        w32(l.as_mut(), 0x320, 0x30);
+        l.mmio_write(100, 0x380, &1000u32.to_le_bytes());
+        assert_eq!(l.next_deadline_ns(), Some(1100));
+        assert_eq!(l.poll(1099).interrupt, None);
+        assert_eq!(l.poll(1100).interrupt, Some(0x30));
+        // TSC deadline: 2 GHz TSC, TSC = 1_000_000 at time 0.
+        w32(l.as_mut(), 0x320, 0x31 | (2 << 17));
+        l.msr_write(2000, 0x6e0, 1_000_000 + 2 * 5000).unwrap();
+        assert_eq!(l.next_deadline_ns(), Some(5000));
+        assert_eq!(l.poll(5000).interrupt, Some(0x31));
+        assert!(l.report().unwrap().contains("msr_writes: 1"));
+    }
+
+    #[test]
+    fn gp_and_base_moves() {
+        let c = ctxs(1);
+        let mut l = VlapicBackend::factory()(&c[0]);
+        assert_eq!(l.msr_read(0, 0x802), Err(Gp));
+        assert_eq!(l.mmio_base(), Some(0xfee0_0000));
+        l.msr_write(0, 0x1b, 0xfed0_0000 | (1 << 11) | (1 << 8))
+            .unwrap();
+        assert_eq!(l.mmio_base(), Some(0xfed0_0000));
+        l.msr_write(0, 0x1b, 0xfed0_0000 | (3 << 10) | (1 << 8))
+            .unwrap();
+        assert_eq!(l.mmio_base(), None);
+        assert_eq!(l.msr_read(0, 0x802), Ok(0));
+        l.set_cr8(0, 3);
+        assert_eq!(l.msr_read(0, 0x808), Ok(0x30));
+        assert_eq!(l.cr8(), 3);
+    }
+}
