@@ -14,7 +14,7 @@
 //! - [`get_klapic_reg`], [`set_klapic_reg`], [`set_klapic_delivery_mode`]:
 //!   drop-in equivalents of vmm-reference's helpers of the same names.
 //! - `Display` for [`KvmLapic`]: one decoded line per register, and
-//!   [`decode`] (behind the `klapic-decode FILE` binary) for saved blobs.
+//!   [`decode()`] (behind the `klapic-decode FILE` binary) for saved blobs.
 //! - [`to_kvm`] / [`from_kvm`]: conversion between [`vlapic::ApicState`] and
 //!   KVM's state ([`KvmLapicState`]), with both x2APIC ID formats
 //!   ([`IdFormat`]), the derived x2APIC LDR and the live timer count.

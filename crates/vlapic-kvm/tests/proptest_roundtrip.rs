@@ -329,3 +329,41 @@ proptest! {
         prop_assert_eq!(LocalApic::new(cfg).validate(&d), Ok(()));
     }
 }
+
+proptest! {
+    /// Typed setters on arbitrary values: Ok and the getter gives the value
+    /// back, or Err and the blob is unchanged.
+    #[test]
+    fn setters_accept_or_leave_unchanged(bytes in blob(), v in any::<u32>(), hi in any::<u32>(), fmt in format()) {
+        use vlapic::regs::{Icr, LvtEntry, Svr};
+        let k0 = KvmLapic::from_bytes(&bytes);
+        macro_rules! check {
+            ($set:expr, $get:expr, $want:expr) => {{
+                let mut k = k0;
+                #[allow(clippy::redundant_closure_call)]
+                match ($set)(&mut k) {
+                    Ok(()) => prop_assert_eq!(($get)(&k), $want),
+                    Err(_) => prop_assert_eq!(k, k0),
+                }
+            }};
+        }
+        check!(|k: &mut KvmLapic| k.set_version(v), |k: &KvmLapic| k.version(), v);
+        check!(|k: &mut KvmLapic| k.set_dfr(v), |k: &KvmLapic| k.dfr(), v);
+        check!(|k: &mut KvmLapic| k.set_svr(Svr::from_bits(v)), |k: &KvmLapic| k.svr().into_bits(), v);
+        check!(|k: &mut KvmLapic| k.set_esr(v), |k: &KvmLapic| k.esr(), v);
+        check!(|k: &mut KvmLapic| k.set_timer_divide(v), |k: &KvmLapic| k.read(Register::TimerDivide), v);
+        check!(|k: &mut KvmLapic| k.set_x2apic_id(v, fmt), |k: &KvmLapic| k.x2apic_id(fmt), v);
+        let set = vlapic::VectorSet([v, hi, v, hi, v, hi, v, hi]);
+        check!(|k: &mut KvmLapic| k.set_irr(set), |k: &KvmLapic| k.irr(), set);
+        check!(|k: &mut KvmLapic| k.set_isr(set), |k: &KvmLapic| k.isr(), set);
+        check!(|k: &mut KvmLapic| k.set_tmr(set), |k: &KvmLapic| k.tmr(), set);
+        let icr = (hi as u64) << 32 | v as u64;
+        check!(|k: &mut KvmLapic| k.set_icr(Icr::from_bits(icr)), |k: &KvmLapic| k.icr().into_bits(), icr);
+        for l in Lvt::ALL {
+            check!(|k: &mut KvmLapic| k.set_lvt(l, LvtEntry::from_bits(v)), |k: &KvmLapic| k.lvt(l).into_bits(), v);
+            // Small values reach the delivery-mode checks.
+            let small = v & 0x0007_FFFF;
+            check!(|k: &mut KvmLapic| k.set_lvt(l, LvtEntry::from_bits(small)), |k: &KvmLapic| k.lvt(l).into_bits(), small);
+        }
+    }
+}
