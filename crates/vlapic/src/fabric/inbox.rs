@@ -183,7 +183,11 @@ impl Inbox {
             DeliveryMode::Reserved3 => return Posted::Ignored,
         };
         if r == Posted::New {
-            self.pending.store(true, Ordering::Release);
+            // An RMW, not a store: it keeps every earlier poster's release
+            // sequence alive, so a drainer that reads `true` from any poster
+            // also sees the bits of posters before it (a plain store here
+            // lost bits; found by the loom model below).
+            self.pending.swap(true, Ordering::AcqRel);
         }
         r
     }
@@ -270,9 +274,7 @@ impl LocalApic {
         }
         if self.mode == ApicMode::Disabled || !self.software_enabled() {
             // LocalApic::accept would drop (and count) each one.
-            let n: u32 = (0..4)
-                .map(|i| (t.edge[i] | t.level[i]).count_ones())
-                .sum();
+            let n: u32 = (0..4).map(|i| (t.edge[i] | t.level[i]).count_ones()).sum();
             self.stats.dropped += n as u64;
             m.dropped += n;
             return m;
