@@ -380,11 +380,13 @@ impl VcpuThread {
     }
 
     fn run_once(&mut self) -> Next {
-        let now = self.vm.clock.now_ns();
         let trace = self.vm.trace;
         let idx = self.index;
         let vm = self.vm.clone();
         let exit = self.vcpu.run();
+        // The time of the exit (not of the entry: the guest may have run
+        // for long), for every LAPIC access it carries.
+        let now = vm.clock.now_ns();
         // CR8 first: the guest may have written CR8 before the access
         // that exited, and handling the exit may change TPR again.
         if exit.is_ok() {

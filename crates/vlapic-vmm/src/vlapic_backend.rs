@@ -247,7 +247,18 @@ impl LapicBackend for VlapicBackend {
 
     fn msr_write(&mut self, now_ns: u64, msr: u32, value: u64) -> Result<(), Gp> {
         self.stats.msr_writes += 1;
-        match self.apic.msr_write(now_ns, msr, value) {
+        let r = self.apic.msr_write(now_ns, msr, value);
+        if self.trace && msr == crate::lapic_backend::MSR_TSC_DEADLINE {
+            eprintln!(
+                "[vcpu{}] lapic: TSC deadline {value:#x} armed at {now_ns} ns: next timer deadline {:?} ns ({:+} us from now)",
+                self.cpu,
+                self.apic.next_timer_deadline(),
+                self.apic
+                    .next_timer_deadline()
+                    .map_or(0, |d| (d as i64 - now_ns as i64) / 1000)
+            );
+        }
+        match r {
             Ok(m) => {
                 if let Some(m) = m {
                     self.message(m);

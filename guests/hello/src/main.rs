@@ -1,10 +1,14 @@
 //! `hello`: the first vlapic-vmm guest. Prints, reads fw_cfg, checks the
 //! APIC ID and version, takes a self-IPI (xAPIC ICR, fixed, vector 0x40,
 //! shorthand self) through the IDT, checks TPR masking and EOI, checks
-//! that an x2APIC MSR raises #GP in xAPIC mode, and exits via port 0xF4.
+//! that an x2APIC MSR raises #GP in xAPIC mode, checks the APIC timer
+//! (one-shot, periodic, TSC-deadline) against RDTSC, and exits via port
+//! 0xF4.
 
 #![no_std]
 #![no_main]
+
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use guest_support::apic::{self, reg};
 use guest_support::cpu;
@@ -12,6 +16,20 @@ use guest_support::idt;
 use guest_support::{check, check_eq, fw_cfg, out, skip, BootInfo};
 
 const VEC: u8 = 0x40;
+const TIMER_VEC: u8 = 0x45;
+/// RDTSC when the last timer interrupt arrived.
+static TIMER_TSC: AtomicU64 = AtomicU64::new(0);
+
+fn timer_hook(v: u8) {
+    if v == TIMER_VEC {
+        TIMER_TSC.store(cpu::rdtsc(), Relaxed);
+    }
+}
+
+/// TSC cycles -> microseconds.
+fn tsc_us(cycles: u64, khz: u64) -> u64 {
+    cycles.saturating_mul(1000) / khz.max(1)
+}
 
 #[no_mangle]
 pub fn guest_main(boot: &BootInfo) {
@@ -109,6 +127,7 @@ pub fn guest_main(boot: &BootInfo) {
     } else {
         skip("IA32_TSC_DEADLINE", "CPUID.1:ECX.TSC_DEADLINE is clear");
     }
+    timer_checks();
     x2apic_checks();
     cpu::cli();
     out().s("hello: done").nl();
@@ -170,4 +189,148 @@ fn x2apic_checks() {
     );
     // Not checked here: the SDM says a non-zero x2APIC EOI write raises
     // #GP, but KVM's in-kernel LAPIC (the reference) accepts it.
+}
+
+/// The APIC timer against RDTSC: one-shot and periodic at the bus clock
+/// CPUID 0x40000010 EBX advertises, and the TSC-deadline timer. Timing
+/// is coarse here (emulated CPL0), so the checks are: not early (1%
+/// slack for clock rounding), and not later than 50 ms.
+fn timer_checks() {
+    let hv = cpu::cpuid(0x4000_0000, 0).eax;
+    let bus_khz = if hv >= 0x4000_0010 {
+        u64::from(cpu::cpuid(0x4000_0010, 0).ebx)
+    } else {
+        0
+    };
+    let khz = cpu::tsc_khz();
+    if bus_khz == 0 {
+        skip(
+            "APIC timer checks",
+            "no APIC bus frequency in CPUID 0x40000010",
+        );
+        return;
+    }
+    idt::set_hook(Some(timer_hook));
+    const LATE_US: u64 = 50_000;
+
+    // One-shot, divide by 1, 2 ms.
+    let us = 2_000;
+    apic::write(reg::TDCR, 0xb);
+    apic::write(reg::LVT_TIMER, u32::from(TIMER_VEC));
+    let before = idt::count(TIMER_VEC);
+    let t0 = cpu::rdtsc();
+    apic::write(reg::TMICT, (bus_khz * us / 1000) as u32);
+    let cc = apic::read(reg::TMCCT);
+    check(
+        "one-shot: current count counts down from the initial count",
+        cc > 0 && u64::from(cc) < bus_khz * us / 1000,
+    );
+    cpu::wait_us(LATE_US * 4, || idt::count(TIMER_VEC) > before);
+    check_eq(
+        "one-shot timer fired once",
+        u64::from(idt::count(TIMER_VEC) - before),
+        1,
+    );
+    let took = tsc_us(TIMER_TSC.load(Relaxed).wrapping_sub(t0), khz);
+    out()
+        .s("one-shot 2000 us: interrupt after ")
+        .dec(took)
+        .s(" us")
+        .nl();
+    check("one-shot timer not early", took >= us - us / 100);
+    check("one-shot timer within 50 ms", took <= us + LATE_US);
+    check_eq(
+        "one-shot: current count 0 after expiry",
+        u64::from(apic::read(reg::TMCCT)),
+        0,
+    );
+    cpu::delay_us(3_000);
+    check_eq(
+        "one-shot timer does not fire again",
+        u64::from(idt::count(TIMER_VEC) - before),
+        1,
+    );
+
+    // Periodic, divide by 2, 1 ms period: three interrupts.
+    let period = 1_000;
+    apic::write(reg::TDCR, 0x0);
+    apic::write(reg::LVT_TIMER, u32::from(TIMER_VEC) | (1 << 17));
+    let before = idt::count(TIMER_VEC);
+    let t0 = cpu::rdtsc();
+    apic::write(reg::TMICT, (bus_khz * period / 2000) as u32);
+    let got = cpu::wait_us(LATE_US * 4, || idt::count(TIMER_VEC) - before >= 3);
+    let t3 = TIMER_TSC.load(Relaxed);
+    apic::write(reg::TMICT, 0);
+    check("periodic timer fired 3 times", got);
+    let took = tsc_us(t3.wrapping_sub(t0), khz);
+    out()
+        .s("periodic 3 x 1000 us: third interrupt after ")
+        .dec(took)
+        .s(" us")
+        .nl();
+    check(
+        "periodic timer: 3 periods not early",
+        took >= 3 * period - 3 * period / 100,
+    );
+    let n = idt::count(TIMER_VEC);
+    cpu::delay_us(3_000);
+    check_eq(
+        "periodic timer stopped by initial count 0",
+        u64::from(idt::count(TIMER_VEC)),
+        u64::from(n),
+    );
+
+    // TSC deadline, 2 ms ahead.
+    if cpu::cpuid(1, 0).ecx & (1 << 24) == 0 {
+        skip("TSC-deadline timer", "CPUID.1:ECX.TSC_Deadline is clear");
+    } else {
+        apic::write(reg::LVT_TIMER, u32::from(TIMER_VEC) | (2 << 17));
+        let before = idt::count(TIMER_VEC);
+        let deadline = cpu::rdtsc() + 2_000 * khz / 1000;
+        cpu::wrmsr(apic::MSR_TSC_DEADLINE, deadline);
+        check_eq(
+            "IA32_TSC_DEADLINE reads back the armed deadline",
+            cpu::rdmsr(apic::MSR_TSC_DEADLINE),
+            deadline,
+        );
+        cpu::wait_us(LATE_US * 4, || idt::count(TIMER_VEC) > before);
+        check_eq(
+            "TSC-deadline timer fired once",
+            u64::from(idt::count(TIMER_VEC) - before),
+            1,
+        );
+        let at = TIMER_TSC.load(Relaxed);
+        let late = at.wrapping_sub(deadline) as i64;
+        out()
+            .s("TSC deadline: interrupt at deadline ")
+            .s(if late < 0 { "- " } else { "+ " })
+            .dec(tsc_us(late.unsigned_abs(), khz))
+            .s(" us")
+            .nl();
+        // Slack: 20 us for the VMM's TSC <-> clock mapping.
+        check(
+            "TSC-deadline timer not early (RDTSC in the handler >= deadline)",
+            late >= -(20 * khz as i64 / 1000),
+        );
+        check(
+            "TSC-deadline timer within 50 ms",
+            late <= (LATE_US * khz / 1000) as i64,
+        );
+        check_eq(
+            "IA32_TSC_DEADLINE reads 0 after it fired",
+            cpu::rdmsr(apic::MSR_TSC_DEADLINE),
+            0,
+        );
+        // A deadline in the past fires at once.
+        let before = idt::count(TIMER_VEC);
+        cpu::wrmsr(apic::MSR_TSC_DEADLINE, cpu::rdtsc() - 1);
+        cpu::wait_us(LATE_US, || idt::count(TIMER_VEC) > before);
+        check_eq(
+            "TSC deadline in the past fires at once",
+            u64::from(idt::count(TIMER_VEC) - before),
+            1,
+        );
+    }
+    apic::write(reg::LVT_TIMER, (1 << 16) | u32::from(TIMER_VEC));
+    idt::set_hook(None);
 }
