@@ -47,6 +47,23 @@
 //!
 //! Bytes of the blob that KVM recomputes or ignores, and that a
 //! KVM -> vlapic -> KVM round trip need not reproduce: [`VOLATILE_RANGES`].
+//!
+//! # KVM behaviour worth knowing (measured here unless noted)
+//!
+//! - Reset: version 0x50014 (6 LVTs, 0x2F0 left at 0), DFR 0xFFFFFFFF,
+//!   SVR 0xFF, LVTs 0x10000, but the BSP's LVT LINT0 is 0x700 (ExtINT,
+//!   unmasked: KVM's `LINT0_REENABLED` quirk) while the APIC is
+//!   software-disabled. vlapic's `validate` refuses that combination.
+//! - `KVM_SET_LAPIC` computes PPR before it recounts the ISR: a GET right
+//!   after a SET can show PPR = TPR with a higher vector in service.
+//! - Hardware disable (EN=0) keeps every register (vlapic, like the SDM,
+//!   does an INIT reset); re-enable resets only the xAPIC ID.
+//! - x2APIC mode: the ID is `id << 24` (legacy) or whole (32-bit IDs, and
+//!   then `KVM_SET_LAPIC` fails with `EINVAL` on any other ID); the LDR is
+//!   derived; the ICR's high half is at 0x310 and also at 0x304.
+//! - Restoring a one-shot with TMICT != 0 and TMCCT 0 (expired) makes KVM
+//!   fire it again at once (from KVM's `set_target_expiration`, not
+//!   measured: the vCPUs are not run).
 
 use kvm_bindings::{
     kvm_lapic_state, kvm_mp_state, kvm_vcpu_events, KVM_MP_STATE_INIT_RECEIVED,
