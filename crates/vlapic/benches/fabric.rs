@@ -51,7 +51,10 @@ fn unicast(c: &mut Criterion) {
     for n in [1usize, 8, 64, 256, 1024] {
         let (f, mut apic) = fabric(n, x2_identity);
         let t = n / 2;
-        let msg = ipi(Destination::physical_x2apic(t as u32), Interrupt::fixed(0x40));
+        let msg = ipi(
+            Destination::physical_x2apic(t as u32),
+            Interrupt::fixed(0x40),
+        );
         // Post (new bit + wake), then the target merges: the full path.
         g.bench_with_input(BenchmarkId::new("send+merge", n), &n, |b, _| {
             b.iter(|| {
@@ -79,7 +82,10 @@ fn unicast(c: &mut Criterion) {
 fn multicast(c: &mut Criterion) {
     let mut g = c.benchmark_group("multicast");
     let (f, _) = fabric(1024, x2_identity);
-    let bcast = ipi(Destination::physical_x2apic(u32::MAX), Interrupt::fixed(0x50));
+    let bcast = ipi(
+        Destination::physical_x2apic(u32::MAX),
+        Interrupt::fixed(0x50),
+    );
     g.bench_function("broadcast-1024", |b| {
         b.iter(|| black_box(f.send_ipi(0, black_box(&bcast))))
     });

@@ -91,10 +91,10 @@ mod inbox;
 
 pub use inbox::{Inbox, Merged, Posted};
 
+use std::boxed::Box;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::boxed::Box;
 use std::vec::Vec;
 
 use crate::event::Message;
@@ -371,9 +371,11 @@ impl RouteMap {
                 }
                 let id = dest.id;
                 match dest.mode {
-                    DestinationMode::Physical => {
-                        self.physical.get(id).iter().for_each(|&(v, _)| f(v as usize))
-                    }
+                    DestinationMode::Physical => self
+                        .physical
+                        .get(id)
+                        .iter()
+                        .for_each(|&(v, _)| f(v as usize)),
                     DestinationMode::Logical => {
                         // x2APIC targets: cluster equal, member bits overlap.
                         for &(v, bits) in self.x2_cluster.get(id >> 16) {
@@ -531,7 +533,9 @@ impl Fabric {
     /// Unregisters vCPU `vcpu` (hot-unplug, teardown): it is no target any
     /// more. Its inbox keeps what was posted until drained.
     pub fn detach(&self, vcpu: usize) {
-        self.slots[vcpu].arb.store(ARB_INELIGIBLE, Ordering::Relaxed);
+        self.slots[vcpu]
+            .arb
+            .store(ARB_INELIGIBLE, Ordering::Relaxed);
         self.set_identity(vcpu, None);
     }
 
@@ -690,7 +694,11 @@ impl Fabric {
 
     /// The vCPU lowest-priority delivery to `dest` would choose now
     /// (advances the round-robin cursor like a delivery would).
-    pub fn resolve_lowest_priority(&self, from: Option<usize>, dest: &Destination) -> Option<usize> {
+    pub fn resolve_lowest_priority(
+        &self,
+        from: Option<usize>,
+        dest: &Destination,
+    ) -> Option<usize> {
         self.arbitrate(&self.snapshot(), from, dest)
     }
 
@@ -851,12 +859,17 @@ mod tests {
 
     #[test]
     fn buckets_dense_and_sparse() {
-        let b = Buckets::build(std::vec![(5, 1, 0), (5, 2, 0), (0x1_0000_0, 3, 7), (0, 4, 0)]);
+        let b = Buckets::build(std::vec![
+            (5, 1, 0),
+            (5, 2, 0),
+            (0x0010_0000, 3, 7),
+            (0, 4, 0)
+        ]);
         assert_eq!(b.get(5), &[(1, 0), (2, 0)]);
-        assert_eq!(b.get(0x1_0000_0), &[(3, 7)]);
+        assert_eq!(b.get(0x0010_0000), &[(3, 7)]);
         assert_eq!(b.get(0), &[(4, 0)]);
         assert!(b.get(6).is_empty() && b.get(u32::MAX).is_empty());
-        assert_eq!(b.keys, std::vec![0, 5, 0x1_0000_0]);
+        assert_eq!(b.keys, std::vec![0, 5, 0x0010_0000]);
     }
 
     #[test]
@@ -870,7 +883,10 @@ mod tests {
         let mut id = a.identity();
         id.ldr = 0x0100_0000;
         assert!(f.update_identity(0, id));
-        assert_eq!(f.resolve(None, &Destination::logical(1, false)), std::vec![0]);
+        assert_eq!(
+            f.resolve(None, &Destination::logical(1, false)),
+            std::vec![0]
+        );
     }
 
     #[test]
@@ -909,7 +925,11 @@ mod tests {
         assert_eq!(f.resolve(None, &Destination::physical(0xFF)), std::vec![1]);
         f.detach(1);
         assert!(f.resolve(None, &Destination::physical(0xFF)).is_empty());
-        assert_eq!(f.deliver(&Destination::physical(1), Interrupt::fixed(0x30)).targets, 0);
+        assert_eq!(
+            f.deliver(&Destination::physical(1), Interrupt::fixed(0x30))
+                .targets,
+            0
+        );
         assert_eq!(f.stats().dropped, 1);
     }
 }

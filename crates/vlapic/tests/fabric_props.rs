@@ -12,8 +12,8 @@ use proptest::prelude::*;
 use vlapic::fabric::Fabric;
 use vlapic::msi;
 use vlapic::{
-    ApicConfig, ApicIdentity, ApicMode, DeliveryMode, Destination, DestinationMode, Interrupt,
-    Ipi, LocalApic, Shorthand, TriggerMode,
+    ApicConfig, ApicIdentity, ApicMode, DeliveryMode, Destination, DestinationMode, Interrupt, Ipi,
+    LocalApic, Shorthand, TriggerMode,
 };
 
 fn brute_force(ids: &[ApicIdentity], from: Option<usize>, dest: &Destination) -> Vec<usize> {
@@ -204,15 +204,17 @@ fn setup() -> impl Strategy<Value = Setup> {
         prop_oneof![Just(0u8), 1u8..=0xFF],
         prop_oneof![Just(0xFu8), Just(0x0)],
     )
-        .prop_map(|(x2, disabled, sw_enabled, id, xapic_id, ldr, dfr_model)| Setup {
-            x2,
-            disabled,
-            sw_enabled,
-            id,
-            xapic_id,
-            ldr,
-            dfr_model,
-        })
+        .prop_map(
+            |(x2, disabled, sw_enabled, id, xapic_id, ldr, dfr_model)| Setup {
+                x2,
+                disabled,
+                sw_enabled,
+                id,
+                xapic_id,
+                ldr,
+                dfr_model,
+            },
+        )
 }
 
 fn build(s: &Setup, bsp: bool) -> LocalApic {

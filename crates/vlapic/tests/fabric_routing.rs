@@ -55,12 +55,12 @@ fn id_change_is_routed_after_sync_only() {
     let mut vm = xvm(2);
     w(&mut vm.apics[1], ID, 0x20 << 24);
     // Not yet synced: the fabric still routes by the old ID.
-    assert_eq!(
-        vm.fabric.resolve(None, &Destination::physical(1)),
-        vec![1]
-    );
+    assert_eq!(vm.fabric.resolve(None, &Destination::physical(1)), vec![1]);
     vm.sync();
-    assert!(vm.fabric.resolve(None, &Destination::physical(1)).is_empty());
+    assert!(vm
+        .fabric
+        .resolve(None, &Destination::physical(1))
+        .is_empty());
     assert_eq!(
         vm.fabric.resolve(None, &Destination::physical(0x20)),
         vec![1]
@@ -185,7 +185,10 @@ fn shorthands() {
     vm.send(2, &ipi);
     assert_eq!(vm.holders(0x44), vec![2]);
     // Devices have no "self".
-    assert_eq!(vm.fabric.deliver(&ipi_dest, Interrupt::fixed(0x45)).targets, 0);
+    assert_eq!(
+        vm.fabric.deliver(&ipi_dest, Interrupt::fixed(0x45)).targets,
+        0
+    );
 }
 
 #[test]
@@ -246,7 +249,7 @@ fn lowest_priority_picks_lowest_ppr_then_lowest_index() {
     let d = vm.icr_xapic(0, 0xFF << 24, 0x90 | LOWEST).unwrap();
     assert_eq!((d.targets, d.posted), (1, 1));
     assert_eq!(vm.holders(0x90), vec![1]); // tie 1/2 -> lowest index
-    // A vector in service raises PPR: vCPU 1 takes 0x90 (PPR 0x90 now).
+                                           // A vector in service raises PPR: vCPU 1 takes 0x90 (PPR 0x90 now).
     vm.apics[1].acknowledge();
     vm.sync();
     vm.icr_xapic(0, 0xFF << 24, 0x91 | LOWEST);
@@ -385,7 +388,10 @@ fn coalescing_and_wakes() {
     assert_eq!((d1.posted, d1.coalesced), (1, 0));
     assert_eq!((d2.posted, d2.coalesced), (0, 1));
     // One wake: the second post added nothing.
-    assert_eq!(vm.wakes.load(std::sync::atomic::Ordering::Relaxed), before + 1);
+    assert_eq!(
+        vm.wakes.load(std::sync::atomic::Ordering::Relaxed),
+        before + 1
+    );
     assert!(vm.fabric.has_pending(1));
     vm.sync();
     assert!(!vm.fabric.has_pending(1));
@@ -401,8 +407,10 @@ fn coalescing_and_wakes() {
 #[test]
 fn smi_and_extint_messages() {
     let mut vm = xvm(2);
-    vm.fabric
-        .deliver(&Destination::physical(1), Interrupt::of_mode(DeliveryMode::Smi));
+    vm.fabric.deliver(
+        &Destination::physical(1),
+        Interrupt::of_mode(DeliveryMode::Smi),
+    );
     vm.fabric.deliver(
         &Destination::physical(1),
         Interrupt::of_mode(DeliveryMode::ExtInt),
@@ -424,8 +432,14 @@ fn init_resets_ldr_and_the_fabric_follows() {
     let mut vm = xvm(2);
     set_logical(&mut vm.apics[1], 0x02, 0xF);
     vm.sync();
-    assert_eq!(vm.fabric.resolve(None, &Destination::logical(2, false)), vec![1]);
+    assert_eq!(
+        vm.fabric.resolve(None, &Destination::logical(2, false)),
+        vec![1]
+    );
     vm.icr_xapic(0, 1 << 24, INIT | LEVEL_ASSERT);
     // The INIT reset cleared LDR; sync republished the identity.
-    assert!(vm.fabric.resolve(None, &Destination::logical(2, false)).is_empty());
+    assert!(vm
+        .fabric
+        .resolve(None, &Destination::logical(2, false))
+        .is_empty());
 }

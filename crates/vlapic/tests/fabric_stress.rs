@@ -45,7 +45,7 @@ fn rounds_account_for_every_ipi() {
     const PER_ROUND: usize = 12; // vectors 0x20 + s * 12 + k < 0x80
     const ROUNDS: usize = 1000;
     let fabric = Arc::new(Fabric::new(N));
-    let mut apics: Vec<LocalApic> = (0..N as u32).map(xapic).collect();
+    let apics: Vec<LocalApic> = (0..N as u32).map(xapic).collect();
     for (i, a) in apics.iter().enumerate() {
         fabric.attach(i, a);
     }
@@ -148,7 +148,7 @@ fn free_running_no_loss_no_duplication() {
             let (done, barrier) = (done.clone(), barrier.clone());
             thread::spawn(move || {
                 let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ (me as u64 * 7 + 3));
-                let mut merge = |apic: &mut LocalApic| {
+                let merge = |apic: &mut LocalApic| {
                     let m = fabric.sync(me, apic).merged;
                     tv.fetch_add(
                         (m.latched + m.coalesced + m.dropped) as u64,

@@ -128,7 +128,9 @@ impl Vm {
 
     /// Which vCPUs have an NMI pending.
     pub fn nmi_holders(&mut self) -> Vec<usize> {
-        (0..self.apics.len()).filter(|&i| self.work(i).nmi).collect()
+        (0..self.apics.len())
+            .filter(|&i| self.work(i).nmi)
+            .collect()
     }
 
     /// Clears every IRR/NMI by acknowledging and EOIing.
