@@ -70,7 +70,7 @@ use kvm_bindings::{
     KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_SIPI_RECEIVED, KVM_MP_STATE_UNINITIALIZED,
     KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SIPI_VECTOR, KVM_VCPUEVENT_VALID_SMM,
 };
-use vlapic::regs::{ApicBase, LvtEntry, TimerMode, APIC_VERSION, LVT_RESET};
+use vlapic::regs::{ApicBase, Icr, LvtEntry, TimerMode, APIC_VERSION, LVT_RESET};
 use vlapic::{ApicMode, ApicState, LocalApic, Lvt, Register, RunState, STATE_VERSION};
 
 use crate::error::{Error, Result};
@@ -485,7 +485,15 @@ pub fn from_kvm(k: &KvmLapicState, ids: IdFormat, extras: &Extras) -> Result<Api
 
     let mut lvt = [0u32; vlapic::lvt::LVT_COUNT];
     for l in Lvt::ALL {
-        lvt[l.index()] = v.read(l.register());
+        let mut raw = v.read(l.register());
+        // KVM keeps bits a guest wrote that vlapic never holds: delivery
+        // status (bit 12, always idle here) and remote IRR on an entry
+        // that is not level-triggered. Both are status, not state: drop them.
+        raw &= !(1 << 12);
+        if raw & (1 << 15) == 0 {
+            raw &= !(1 << 14);
+        }
+        lvt[l.index()] = raw;
     }
     if !v.has_cmci() && lvt[Lvt::Cmci.index()] == 0 {
         lvt[Lvt::Cmci.index()] = LVT_RESET;
@@ -524,7 +532,13 @@ pub fn from_kvm(k: &KvmLapicState, ids: IdFormat, extras: &Extras) -> Result<Api
         esr: v.esr(),
         esr_pending: extras.esr_pending,
         lvt,
-        icr: v.icr().into_bits(),
+        // KVM stores the guest's ICR low half verbatim (reserved bits too);
+        // only the architectural fields are state.
+        icr: if x2 {
+            v.icr().into_bits() & !(Icr::X2APIC_RESERVED | 1 << 12)
+        } else {
+            v.icr().into_bits() & (0xFF00_0000_0000_0000 | Icr::LOW_WRITABLE as u64)
+        },
         timer_initial_count: initial,
         timer_divide: divide,
         timer_running: timer.running,

@@ -219,7 +219,6 @@ impl LocalApic {
         if s.svr & !svr_mask != 0 {
             return Err(StateError::Svr(s.svr));
         }
-        let svr = Svr::from_bits(s.svr);
         if s.irr.has_illegal() || s.isr.has_illegal() || s.tmr.has_illegal() {
             return Err(StateError::IllegalVector);
         }
@@ -235,8 +234,10 @@ impl LocalApic {
             if matches!(lvt, Lvt::Lint0 | Lvt::Lint1) {
                 allowed |= LVT_READ_ONLY & !(1 << 12);
             }
+            // An unmasked entry while software-disabled cannot arise from
+            // guest writes here, but is a legal state elsewhere (KVM's BSP
+            // reset has LVT LINT0 = 0x700 with SVR = 0xFF): accepted.
             let bad = raw & !allowed != 0
-                || (!svr.software_enabled() && !e.masked())
                 || (lvt == Lvt::Cmci && !self.cfg.cmci && raw != LVT_RESET)
                 || (e.remote_irr() && !e.level_triggered());
             if bad {
@@ -263,10 +264,10 @@ impl LocalApic {
             return Err(StateError::Timer);
         }
         if s.timer_running {
-            let interval = self
-                .timer
-                .interval_for(s.timer_initial_count, s.timer_divide, tmode);
-            if s.timer_initial_count == 0 || s.timer_elapsed_cycles >= interval {
+            // Elapsed may reach the interval: a state saved after the
+            // expiry but before the APIC was advanced fires on the next
+            // advance, exactly as it would have without the save.
+            if s.timer_initial_count == 0 {
                 return Err(StateError::Timer);
             }
         } else if s.timer_elapsed_cycles != 0 {

@@ -364,15 +364,6 @@ impl ApicTimer {
             done: snap.elapsed_cycles,
         });
     }
-
-    /// Bus cycles in one full interval (for validation).
-    pub(crate) fn interval_for(&self, initial_count: u32, divide: u32, mode: TimerMode) -> u64 {
-        let mut t = *self;
-        t.initial_count = initial_count;
-        t.divide = DivideConfig::from_register(divide);
-        t.mode = mode;
-        t.interval_cycles()
-    }
 }
 
 #[cfg(test)]

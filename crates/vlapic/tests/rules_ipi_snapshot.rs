@@ -388,7 +388,8 @@ fn restore_rejects_inconsistent_state_and_changes_nothing() {
         (
             {
                 let mut s = good;
-                s.timer_elapsed_cycles = 1 << 40;
+                s.timer_running = true;
+                s.timer_initial_count = 0;
                 s
             },
             |e| matches!(e, StateError::Timer),
