@@ -181,6 +181,7 @@ impl VcpuThread {
     /// Runs the vCPU until the VM stops. Never panics on guest input.
     pub fn run(mut self) -> VcpuStats {
         self.ctl.bind_current_thread();
+        crate::control::set_precise_timers();
         let _guard = ThreadRunGuard::new(self.vcpu.get_kvm_run());
         let result = self.run_inner();
         self.ctl.unbind_thread();

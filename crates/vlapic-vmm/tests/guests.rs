@@ -107,27 +107,83 @@ fn hello_kernel_irqchip() {
 }
 
 #[test]
-fn hello_user_stub_lapic() {
+fn hello_user_vlapic() {
     if !kvm_available() {
         return;
     }
+    for x2apic in ["on", "off"] {
+        for tsc_deadline in ["on", "off"] {
+            for chip in ["user", "kernel"] {
+                let out = vmm(&[
+                    "--kernel",
+                    &hello(),
+                    "--irqchip",
+                    chip,
+                    "--x2apic",
+                    x2apic,
+                    "--tsc-deadline",
+                    tsc_deadline,
+                    "--timeout",
+                    "60",
+                    "--stats",
+                ]);
+                assert_guest_passed(&out);
+                let so = text(&out.stdout);
+                let what = format!("{chip} x2apic={x2apic} tsc-deadline={tsc_deadline}");
+                for line in [
+                    "PASS: self-IPI 0x40 delivered once",
+                    "PASS: one-shot timer fired once",
+                    "PASS: one-shot timer not early",
+                    "PASS: periodic timer fired 3 times",
+                ] {
+                    assert!(so.contains(line), "{what}: {line}\n{so}");
+                }
+                assert_eq!(
+                    so.contains("PASS: x2APIC SELF_IPI 0x43 delivered"),
+                    x2apic == "on",
+                    "{what}\n{so}"
+                );
+                assert_eq!(
+                    so.contains("PASS: TSC-deadline timer not early"),
+                    tsc_deadline == "on",
+                    "{what}\n{so}"
+                );
+                if chip == "user" {
+                    // The LAPIC was reached through MMIO and MSR exits and
+                    // KVM_INTERRUPT, and it is vlapic.
+                    let se = text(&out.stderr);
+                    assert!(se.contains("\"mmio_write\""), "{se}");
+                    assert!(se.contains("\"rdmsr\""), "{se}");
+                    assert!(se.contains("vlapic Stats {"), "{se}");
+                    assert!(se.contains("fabric FabricStats {"), "{se}");
+                    assert!(!se.contains("stub LAPIC"), "{se}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn smp_stub_lapic() {
+    if !kvm_available() {
+        return;
+    }
+    let smp = guest_dir().join("smp.elf").to_string_lossy().into_owned();
     let out = vmm(&[
         "--kernel",
-        &hello(),
+        &smp,
         "--irqchip",
-        "user",
+        "stub",
+        "--cpus",
+        "2",
         "--timeout",
         "60",
         "--stats",
     ]);
     assert_guest_passed(&out);
     let se = text(&out.stderr);
-    assert!(se.contains("userspace LAPIC not wired yet"), "{se}");
-    // The LAPIC was reached through MMIO and MSR exits and KVM_INTERRUPT.
+    assert!(se.contains("using the minimal stub LAPIC"), "{se}");
     assert!(se.contains("\"mmio_write\""), "{se}");
-    assert!(se.contains("\"rdmsr\""), "{se}");
-    assert!(se.contains(" 4 injected"), "{se}");
-    assert!(se.contains("\"wrmsr\""), "{se}");
 }
 
 #[test]
@@ -349,7 +405,7 @@ fn smp_startup_and_ipis() {
     }
     let smp = guest_dir().join("smp.elf").to_string_lossy().into_owned();
     for chip in ["kernel", "user"] {
-        for cpus in ["2", "4"] {
+        for cpus in ["1", "2", "4"] {
             let out = vmm(&[
                 "--kernel",
                 &smp,
@@ -362,6 +418,10 @@ fn smp_startup_and_ipis() {
             ]);
             assert_guest_passed(&out);
             let so = text(&out.stdout);
+            if cpus == "1" {
+                assert!(so.contains("SKIP"), "{chip} {cpus}: {so}");
+                continue;
+            }
             assert!(
                 so.contains("PASS: all APs came online"),
                 "{chip} {cpus}: {so}"

@@ -213,18 +213,30 @@ fn timer_checks() {
     idt::set_hook(Some(timer_hook));
     const LATE_US: u64 = 50_000;
 
-    // One-shot, divide by 1, 2 ms.
-    let us = 2_000;
+    // Current count: a 1 s one-shot counts down (reads are far apart
+    // here, so use a long period), and initial count 0 stops it.
     apic::write(reg::TDCR, 0xb);
     apic::write(reg::LVT_TIMER, u32::from(TIMER_VEC));
+    let long = (bus_khz * 1000) as u32;
+    apic::write(reg::TMICT, long);
+    let cc1 = apic::read(reg::TMCCT);
+    let cc2 = apic::read(reg::TMCCT);
+    check(
+        "one-shot: current count counts down from the initial count",
+        cc1 > 0 && cc1 < long && cc2 < cc1,
+    );
+    apic::write(reg::TMICT, 0);
+    check_eq(
+        "initial count 0 stops the timer (current count 0)",
+        u64::from(apic::read(reg::TMCCT)),
+        0,
+    );
+
+    // One-shot, divide by 1, 2 ms.
+    let us = 2_000;
     let before = idt::count(TIMER_VEC);
     let t0 = cpu::rdtsc();
     apic::write(reg::TMICT, (bus_khz * us / 1000) as u32);
-    let cc = apic::read(reg::TMCCT);
-    check(
-        "one-shot: current count counts down from the initial count",
-        cc > 0 && u64::from(cc) < bus_khz * us / 1000,
-    );
     cpu::wait_us(LATE_US * 4, || idt::count(TIMER_VEC) > before);
     check_eq(
         "one-shot timer fired once",
