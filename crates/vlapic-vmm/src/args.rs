@@ -70,9 +70,9 @@ pub struct Config {
     pub trace: bool,
     /// Print exit statistics to stderr at the end.
     pub stats: bool,
-    /// Offer x2APIC in CPUID.1:ECX[21].
+    /// Offer x2APIC in CPUID.1:ECX bit 21.
     pub x2apic: bool,
-    /// Offer the TSC-deadline timer in CPUID.1:ECX[24].
+    /// Offer the TSC-deadline timer in CPUID.1:ECX bit 24.
     pub tsc_deadline: bool,
     /// Multiboot command line.
     pub cmdline: String,

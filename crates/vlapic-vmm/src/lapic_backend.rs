@@ -1,8 +1,10 @@
 //! The seam between the vCPU loop and a userspace local APIC.
 //!
-//! With `--irqchip user` KVM has no LAPIC. Every guest access to the APIC
-//! reaches the VMM as an exit, and the vCPU loop (`crate::vcpu`) calls
-//! the vCPU's [`LapicBackend`]:
+//! With `--irqchip user` (vlapic, [`crate::vlapic_backend`]) or
+//! `--irqchip stub` ([`StubLapic`]) KVM has no LAPIC. Every guest access
+//! to the APIC reaches the VMM as an exit, and the vCPU loop
+//! (`crate::vcpu`) calls the vCPU's [`LapicBackend`] with the time of the
+//! exit:
 //!
 //! | guest does | KVM exit | backend call |
 //! |---|---|---|
@@ -10,21 +12,27 @@
 //! | RDMSR/WRMSR 0x800-0x8FF (x2APIC) | `KVM_EXIT_X86_RDMSR/WRMSR`, reason INVAL | [`LapicBackend::msr_read`] / [`LapicBackend::msr_write`] |
 //! | RDMSR/WRMSR 0x1B (APIC_BASE), 0x6E0 (TSC_DEADLINE) | same, reason FILTER (MSR filter denies them) | same |
 //! | MOV CR8 | none: `kvm_run.cr8` on every exit | [`LapicBackend::set_cr8`] after each exit, [`LapicBackend::cr8`] into `kvm_run.cr8` before each entry |
-//! | HLT | `KVM_EXIT_HLT` | [`LapicBackend::pending_interrupt`]; if nothing, the thread parks (`VcpuControl::park`) until woken or [`LapicBackend::next_deadline_ns`] |
+//! | HLT | `KVM_EXIT_HLT` | [`LapicBackend::poll`] until [`Pending::wakes_halt`]; meanwhile the thread parks (`VcpuControl::park`) until woken or [`LapicBackend::next_deadline_ns`] |
 //!
-//! Before every `KVM_RUN` the loop asks [`LapicBackend::take_nmi`] (→
-//! `KVM_NMI`) and [`LapicBackend::pending_interrupt`]; when KVM says the
-//! guest can take an interrupt (`ready_for_interrupt_injection` and IF=1)
-//! it calls [`LapicBackend::acknowledge`] (IRR→ISR) and injects the vector
-//! with `KVM_INTERRUPT`, otherwise it sets `request_interrupt_window`.
+//! Before every `KVM_RUN` (after `VcpuControl::enter_guest`, so a wake
+//! is never lost) the loop calls [`LapicBackend::poll`]. A backend that
+//! [models the run state](LapicBackend::models_run_state) reports INIT
+//! (the loop resets the registers), SIPI (real-mode start at
+//! `CS = vector << 8`) and wait-for-SIPI (the thread parks instead of
+//! entering) there. Then the loop arms the timer service with
+//! [`LapicBackend::next_deadline_ns`], injects a pending NMI
+//! ([`LapicBackend::take_nmi`] → `KVM_NMI`) and, when KVM says the guest
+//! can take an interrupt (`ready_for_interrupt_injection` and IF=1),
+//! calls [`LapicBackend::acknowledge`] (IRR→ISR) and injects the vector
+//! with `KVM_INTERRUPT`; otherwise it sets `request_interrupt_window`.
 //!
 //! Cross-vCPU effects (IPIs, INIT, SIPI) are the backend's business: it
 //! gets every vCPU's [`VcpuControl`] in [`BackendContext`]; after making
-//! an interrupt pending in another vCPU's LAPIC it calls
-//! [`VcpuControl::wake`] on it (wakes it from HLT and kicks it out of
-//! `KVM_RUN`); INIT and Start-up IPIs go to [`VcpuControl::send_init`] /
-//! [`VcpuControl::send_sipi`], which drive the vCPU thread's INIT →
-//! wait-for-SIPI → real-mode start at `CS = vector << 8`.
+//! something pending for another vCPU it calls [`VcpuControl::wake`] on
+//! it (wakes it from HLT or wait-for-SIPI and kicks it out of
+//! `KVM_RUN`). The stub, which does not model the run state, sends INIT
+//! and Start-up IPIs to [`VcpuControl::send_init`] /
+//! [`VcpuControl::send_sipi`] instead.
 //!
 //! Time: all `now_ns` and deadlines are [`Clock`] nanoseconds.
 
@@ -76,7 +84,7 @@ pub struct BackendContext {
     pub tsc_at_zero: u64,
     /// APIC timer input clock in kHz (CPUID 0x40000010 EBX).
     pub apic_bus_khz: u32,
-    /// Guest MAXPHYADDR (CPUID 0x80000008 EAX[7:0]).
+    /// Guest MAXPHYADDR (CPUID 0x80000008 EAX bits 7:0).
     pub phys_bits: u8,
     /// Log LAPIC events (IPIs, mode changes, INIT/SIPI) to stderr.
     pub trace: bool,
@@ -158,7 +166,7 @@ pub trait LapicBackend: Send {
     }
     /// When the LAPIC timer (one-shot, periodic or TSC deadline) next fires.
     fn next_deadline_ns(&self) -> Option<u64>;
-    /// TPR[7:4] as CR8.
+    /// TPR bits 7:4 as CR8.
     fn cr8(&self) -> u8;
     /// The guest wrote CR8 (seen in `kvm_run.cr8` after an exit).
     fn set_cr8(&mut self, now_ns: u64, cr8: u8);

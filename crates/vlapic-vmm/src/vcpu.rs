@@ -80,6 +80,10 @@ pub struct VcpuThread {
     run_ptr: usize,
     /// CR8 written into `kvm_run` before the last entry.
     entry_cr8: u8,
+    /// The deadline last given to the timer service (arming only on a
+    /// change saves its lock on every entry; a deadline it already fired
+    /// need not be re-armed: the entry's poll ran the timer past it).
+    armed: Option<u64>,
 }
 
 /// What to do after an exit was decoded (the exit borrows the vCPU).
@@ -120,6 +124,7 @@ impl VcpuThread {
             stats: VcpuStats::default(),
             run_ptr: 0,
             entry_cr8: 0,
+            armed: None,
         }
     }
 
@@ -267,8 +272,12 @@ impl VcpuThread {
         // Poll first (merges IPIs, runs the timer to `now`), then arm the
         // host timer for what is still ahead.
         let p = lapic.poll(now);
-        if let Some(t) = &self.vm.timers {
-            t.arm(self.index as usize, lapic.next_deadline_ns());
+        let deadline = lapic.next_deadline_ns();
+        if deadline != self.armed {
+            if let Some(t) = &self.vm.timers {
+                t.arm(self.index as usize, deadline);
+            }
+            self.armed = deadline;
         }
         if p.nmi && lapic.take_nmi() {
             self.vcpu.nmi().map_err(|e| format!("KVM_NMI: {e}"))?;

@@ -8,7 +8,7 @@
 //! vCPU, the routing table and the lowest-priority mirror. An IPI written
 //! by vCPU A is routed on A's thread ([`Fabric::send_ipi`]): it is posted
 //! into the target's inbox and the fabric calls the target's wake
-//! callback, which is [`VcpuControl::wake`] (unhalt, or kick out of
+//! callback, which is [`crate::control::VcpuControl::wake`] (unhalt, or kick out of
 //! `KVM_RUN` with a signal). The target merges its inbox into its
 //! `LocalApic` in [`LapicBackend::poll`] ([`Fabric::sync`]), which the
 //! vCPU loop calls after `VcpuControl::enter_guest` before every entry and
