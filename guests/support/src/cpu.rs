@@ -223,3 +223,49 @@ pub fn wait_us(us: u64, cond: impl Fn() -> bool) -> bool {
 pub fn delay_us(us: u64) {
     wait_us(us, || false);
 }
+
+/// Volatile 8-bit MMIO read.
+#[inline(always)]
+pub unsafe fn mmio_read8(addr: u64) -> u8 {
+    core::ptr::read_volatile(addr as *const u8)
+}
+
+/// Volatile 16-bit MMIO read.
+#[inline(always)]
+pub unsafe fn mmio_read16(addr: u64) -> u16 {
+    core::ptr::read_volatile(addr as *const u16)
+}
+
+/// Volatile 8-bit MMIO write.
+#[inline(always)]
+pub unsafe fn mmio_write8(addr: u64, v: u8) {
+    core::ptr::write_volatile(addr as *mut u8, v)
+}
+
+/// Opens an interrupt window (`STI`, about `spins` `PAUSE`s, `CLI`) in
+/// which an interrupt arriving on an exception vector (0-31, e.g. an
+/// APIC that accepted an illegal vector) is caught instead of being
+/// reported as an unexpected exception: returns `Some(vector)` then.
+/// Interrupts on vectors >= 32 are handled normally. Use only for
+/// vectors whose exception pushes no error code. Leaves IF = 0.
+pub fn irq_window_catching(spins: u32) -> Option<u8> {
+    crate::idt::arm_fault();
+    unsafe {
+        core::arch::asm!(
+            "lea {t}, [rip + 2f]",
+            "mov qword ptr [rip + {fix}], {t}",
+            "sti",
+            "3:",
+            "pause",
+            "dec {n:e}",
+            "jnz 3b",
+            "2:",
+            "cli",
+            t = out(reg) _,
+            n = inout(reg) spins.max(1) => _,
+            fix = sym crate::idt::FAULT_FIXUP,
+            options(nostack),
+        )
+    };
+    crate::idt::take_fault()
+}

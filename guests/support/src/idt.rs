@@ -116,6 +116,7 @@ static LOG: [AtomicU8; LOG_LEN] = [const { AtomicU8::new(0) }; LOG_LEN];
 static LOG_N: AtomicUsize = AtomicUsize::new(0);
 static AUTO_EOI: AtomicBool = AtomicBool::new(true);
 static HOOK: AtomicUsize = AtomicUsize::new(0);
+static NMI_HOOK: AtomicUsize = AtomicUsize::new(0);
 
 /// Loads the (already filled) IDT on this CPU (APs call this).
 pub fn load() {
@@ -201,6 +202,12 @@ pub fn set_hook(f: Option<fn(u8)>) {
     HOOK.store(f.map_or(0, |f| f as usize), Relaxed);
 }
 
+/// A function called for every NMI (vector 2). Without one (the
+/// default), an NMI is reported as an unexpected exception.
+pub fn set_nmi_hook(f: Option<fn()>) {
+    NMI_HOOK.store(f.map_or(0, |f| f as usize), Relaxed);
+}
+
 /// Spins (with `PAUSE`) until `cond` or `iterations` run out. Keep
 /// `iterations` small: guest code is emulated.
 pub fn wait_until(iterations: u32, cond: impl Fn() -> bool) -> bool {
@@ -215,6 +222,15 @@ pub fn wait_until(iterations: u32, cond: impl Fn() -> bool) -> bool {
 
 extern "C" fn trap_handler(f: &mut TrapFrame) {
     let v = f.vector as u8;
+    if v == 2 {
+        let hook = NMI_HOOK.load(Relaxed);
+        if hook != 0 {
+            // SAFETY: only set_nmi_hook stores here, from a fn().
+            let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(hook) };
+            f();
+            return;
+        }
+    }
     if v < 32 {
         let fix = FAULT_FIXUP.load(Relaxed);
         if fix != 0 {

@@ -16,6 +16,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 pub mod apic;
+pub mod conf;
 pub mod boot;
 pub mod cpu;
 pub mod fw_cfg;

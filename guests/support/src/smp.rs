@@ -98,6 +98,30 @@ extern "C" {
 
 static ONLINE: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
 static AP_MAIN: AtomicUsize = AtomicUsize::new(0);
+static AP_EARLY: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets a function every AP runs right after loading the IDT, before its
+/// APIC is software-enabled (argument: APIC ID), e.g. to record the
+/// INIT-state register values.
+pub fn set_ap_early(f: fn(u32)) {
+    AP_EARLY.store(f as usize, Relaxed);
+}
+
+/// Index of the CPU running this code, from its stack: an AP started by
+/// [`start_aps`] runs on `AP_STACK_BASE + apic_id * 16 KiB` (its initial
+/// APIC ID), the boot CPU on its own stack (index 0). Needs no APIC
+/// access, so it works in interrupt handlers and in any APIC mode.
+pub fn cpu_index() -> u32 {
+    let sp: u64;
+    // SAFETY: reads RSP only.
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    let end = AP_STACK_BASE + (MAX_CPUS as u64) * 0x4000;
+    if (AP_STACK_BASE..end).contains(&sp) {
+        ((sp - AP_STACK_BASE) / 0x4000) as u32
+    } else {
+        0
+    }
+}
 
 /// Sets the function every AP runs once it is up (argument: APIC ID).
 pub fn set_ap_main(f: fn(u32)) {
@@ -118,6 +142,12 @@ pub fn is_online(apic_id: u32) -> bool {
 
 extern "C" fn ap_entry(apic_id: u64) -> ! {
     crate::idt::load();
+    let early = AP_EARLY.load(Relaxed);
+    if early != 0 {
+        // SAFETY: only set_ap_early stores here, from a fn(u32).
+        let f: fn(u32) = unsafe { core::mem::transmute::<usize, fn(u32)>(early) };
+        f(apic_id as u32);
+    }
     apic::sw_enable(0xff);
     if let Some(o) = ONLINE.get(apic_id as usize) {
         o.store(1, Relaxed);

@@ -47,6 +47,66 @@ pub fn check_eq(name: &str, got: u64, want: u64) -> bool {
     got == want
 }
 
+/// [`check`] with the name printed as `prefix` + `name`.
+pub fn check_pfx(prefix: &str, name: &str, cond: bool) -> bool {
+    if cond {
+        bump(&PASSED);
+        out().s("PASS: ").s(prefix).s(name).nl();
+    } else {
+        bump(&FAILED);
+        out().s("FAIL: ").s(prefix).s(name).nl();
+    }
+    cond
+}
+
+/// [`check_eq`] with the name printed as `prefix` + `name`.
+pub fn check_eq_pfx(prefix: &str, name: &str, got: u64, want: u64) -> bool {
+    if got == want {
+        bump(&PASSED);
+        out().s("PASS: ").s(prefix).s(name).nl();
+    } else {
+        bump(&FAILED);
+        out()
+            .s("FAIL: ")
+            .s(prefix)
+            .s(name)
+            .s(" (got ")
+            .hex(got)
+            .s(", want ")
+            .hex(want)
+            .s(")")
+            .nl();
+    }
+    got == want
+}
+
+/// Reports `prefix` + `name` as failed with a free-form detail.
+pub fn fail_pfx(prefix: &str, name: &str, detail: &str, v: u64) {
+    bump(&FAILED);
+    out()
+        .s("FAIL: ")
+        .s(prefix)
+        .s(name)
+        .s(" (")
+        .s(detail)
+        .s(" ")
+        .hex(v)
+        .s(")")
+        .nl();
+}
+
+/// Reports `prefix` + `name` as passed.
+pub fn pass_pfx(prefix: &str, name: &str) {
+    bump(&PASSED);
+    out().s("PASS: ").s(prefix).s(name).nl();
+}
+
+/// [`skip`] with the name printed as `prefix` + `name`.
+pub fn skip_pfx(prefix: &str, name: &str, why: &str) {
+    bump(&SKIPPED);
+    out().s("SKIP: ").s(prefix).s(name).s(" (").s(why).s(")").nl();
+}
+
 /// Reports `name` as skipped.
 pub fn skip(name: &str, why: &str) {
     bump(&SKIPPED);
