@@ -176,6 +176,9 @@ fn smp_stub_lapic() {
         "stub",
         "--cpus",
         "2",
+        // The stub has no logical destinations.
+        "--x2apic",
+        "off",
         "--timeout",
         "60",
         "--stats",
@@ -430,7 +433,35 @@ fn smp_startup_and_ipis() {
                 so.contains("PASS: every AP got the BSP's fixed IPI"),
                 "{chip} {cpus}: {so}"
             );
+            for line in [
+                "PASS: every AP switched to x2APIC mode",
+                "PASS: every AP got an x2APIC physical IPI",
+                "PASS: BSP got an x2APIC IPI from every AP",
+                "PASS: every AP got an x2APIC logical (cluster 0) IPI",
+            ] {
+                assert!(so.contains(line), "{chip} {cpus}: {line}\n{so}");
+            }
         }
+        // Without x2APIC in CPUID the x2APIC phase is skipped.
+        let out = vmm(&[
+            "--kernel",
+            &smp,
+            "--irqchip",
+            chip,
+            "--cpus",
+            "3",
+            "--x2apic",
+            "off",
+            "--timeout",
+            "60",
+        ]);
+        assert_guest_passed(&out);
+        let so = text(&out.stdout);
+        assert!(
+            so.contains("SKIP: every AP switched to x2APIC mode"),
+            "{chip}: {so}"
+        );
+        assert!(so.contains("PASS: all APs came online"), "{chip}: {so}");
     }
 }
 

@@ -1,6 +1,8 @@
 //! `smp`: starts the APs with INIT/SIPI/SIPI, checks their APIC IDs
 //! against CPUID, and sends fixed IPIs AP -> BSP and BSP -> each AP.
-//! Run with `--cpus 2` or more.
+//! Then (if CPUID offers x2APIC) every CPU switches to x2APIC mode and
+//! the IPIs are repeated with x2APIC physical and logical (cluster)
+//! destinations. Run with `--cpus 2` or more.
 
 #![no_std]
 #![no_main]
@@ -20,6 +22,125 @@ const TO_AP: u8 = 0x42;
 
 static CPUID_ID: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0xffff_ffff) }; MAX_CPUS];
 static GOT_AP_IPI: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
+
+/// x2APIC phase: BSP -> APs "switch to x2APIC", then physical and
+/// logical IPIs to the APs, and an answer from each AP to the BSP.
+const SWITCH: u8 = 0x60;
+const X2_PHYS: u8 = 0x61;
+const X2_LOGICAL: u8 = 0x62;
+const X2_BACK: u8 = 0x70;
+static X2_ID: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0xffff_ffff) }; MAX_CPUS];
+static GOT_X2_PHYS: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
+static GOT_X2_LOGICAL: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
+static GOT_X2_BACK: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
+
+fn in_x2apic_mode() -> bool {
+    cpu::rdmsr(apic::MSR_APIC_BASE) & (1 << 10) != 0
+}
+
+/// This CPU's APIC ID read in its current mode.
+fn my_id() -> u32 {
+    if in_x2apic_mode() {
+        cpu::rdmsr(0x802) as u32
+    } else {
+        unsafe { cpu::mmio_read32(apic::XAPIC_BASE + 0x20) >> 24 }
+    }
+}
+
+/// EOI in this CPU's own mode (the support library's mode flag is
+/// global, and CPUs switch one by one).
+fn eoi_here() {
+    if in_x2apic_mode() {
+        cpu::wrmsr(0x80b, 0);
+    } else {
+        unsafe { cpu::mmio_write32(apic::XAPIC_BASE + 0xb0, 0) };
+    }
+}
+
+fn x2_hook(v: u8) {
+    match v {
+        SWITCH => {
+            cpu::wrmsr(
+                apic::MSR_APIC_BASE,
+                cpu::rdmsr(apic::MSR_APIC_BASE) | (1 << 10) | (1 << 11),
+            );
+            let id = cpu::rdmsr(0x802) as u32;
+            if let Some(s) = X2_ID.get(id as usize) {
+                s.store(id, Relaxed);
+            }
+        }
+        X2_PHYS => {
+            let id = my_id();
+            if let Some(s) = GOT_X2_PHYS.get(id as usize) {
+                s.store(1, Relaxed);
+            }
+            // Answer the BSP (x2APIC physical destination 0).
+            cpu::wrmsr(0x830, u64::from(X2_BACK) + u64::from(id & 0xf));
+        }
+        X2_LOGICAL => {
+            if let Some(s) = GOT_X2_LOGICAL.get(my_id() as usize) {
+                s.store(1, Relaxed);
+            }
+        }
+        v if (X2_BACK..X2_BACK + 16).contains(&v) => {
+            GOT_X2_BACK[usize::from(v - X2_BACK)].store(1, Relaxed);
+        }
+        _ => hook(v),
+    }
+    eoi_here();
+}
+
+fn x2apic_phase(n: u32) {
+    const NAMES: [&str; 5] = [
+        "every AP switched to x2APIC mode (x2APIC ID = APIC ID)",
+        "BSP in x2APIC mode",
+        "every AP got an x2APIC physical IPI",
+        "BSP got an x2APIC IPI from every AP",
+        "every AP got an x2APIC logical (cluster 0) IPI",
+    ];
+    if cpu::cpuid(1, 0).ecx & (1 << 21) == 0 {
+        for name in NAMES {
+            skip(name, "CPUID.1:ECX.x2APIC is clear");
+        }
+        return;
+    }
+    let aps = 1..n.min(16);
+    idt::set_auto_eoi(false);
+    idt::set_hook(Some(x2_hook));
+    apic::send_ipi(0, apic::ICR_OTHERS | u32::from(SWITCH));
+    let ok = cpu::wait_us(1_000_000, || {
+        aps.clone().all(|id| X2_ID[id as usize].load(Relaxed) == id)
+    });
+    check(NAMES[0], ok);
+    apic::enable_x2apic();
+    check(NAMES[1], in_x2apic_mode());
+    for id in aps.clone() {
+        apic::send_ipi(id, u32::from(X2_PHYS));
+    }
+    let ok = cpu::wait_us(1_000_000, || {
+        aps.clone()
+            .all(|id| GOT_X2_PHYS[id as usize].load(Relaxed) != 0)
+    });
+    check(NAMES[2], ok);
+    let ok = cpu::wait_us(1_000_000, || {
+        aps.clone()
+            .all(|id| GOT_X2_BACK[id as usize].load(Relaxed) != 0)
+    });
+    check(NAMES[3], ok);
+    // Logical destination, cluster 0: one bit per AP (IDs 1..15).
+    let mask = aps.clone().fold(0u32, |m, id| m | (1 << id));
+    cpu::wrmsr(
+        0x830,
+        (u64::from(mask) << 32) | (1 << 11) | u64::from(X2_LOGICAL),
+    );
+    let ok = cpu::wait_us(1_000_000, || {
+        aps.clone()
+            .all(|id| GOT_X2_LOGICAL[id as usize].load(Relaxed) != 0)
+    });
+    check(NAMES[4], ok);
+    idt::set_hook(Some(hook));
+    idt::set_auto_eoi(true);
+}
 
 fn ap_main(apic_id: u32) {
     if let Some(slot) = CPUID_ID.get(apic_id as usize) {
@@ -85,5 +206,6 @@ pub fn guest_main(boot: &BootInfo) {
         "every AP got the BSP's fixed IPI (physical destination)",
         all,
     );
+    x2apic_phase(n);
     cpu::cli();
 }
