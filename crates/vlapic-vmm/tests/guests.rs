@@ -135,6 +135,7 @@ fn hello_user_vlapic() {
                     "PASS: one-shot timer fired once",
                     "PASS: one-shot timer not early",
                     "PASS: periodic timer fired 3 times",
+                    "PASS: NMI IPI to own APIC ID delivered with IF=0",
                 ] {
                     assert!(so.contains(line), "{what}: {line}\n{so}");
                 }
@@ -157,6 +158,7 @@ fn hello_user_vlapic() {
                     assert!(se.contains("vlapic Stats {"), "{se}");
                     assert!(se.contains("fabric FabricStats {"), "{se}");
                     assert!(!se.contains("stub LAPIC"), "{se}");
+                    assert!(se.contains(" 1 NMIs"), "{se}");
                 }
             }
         }

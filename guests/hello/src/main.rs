@@ -127,6 +127,7 @@ pub fn guest_main(boot: &BootInfo) {
     } else {
         skip("IA32_TSC_DEADLINE", "CPUID.1:ECX.TSC_DEADLINE is clear");
     }
+    nmi_check();
     timer_checks();
     x2apic_checks();
     cpu::cli();
@@ -345,4 +346,43 @@ fn timer_checks() {
     }
     apic::write(reg::LVT_TIMER, (1 << 16) | u32::from(TIMER_VEC));
     idt::set_hook(None);
+}
+
+/// An NMI IPI to this CPU's own APIC ID (physical destination) arrives
+/// even with IF=0. It is caught with the fault fix-up: the handler
+/// resumes at label 2 and records vector 2; without an NMI the loop runs
+/// out and nothing is recorded.
+fn nmi_check() {
+    let id = apic::id();
+    cpu::cli();
+    idt::arm_fault();
+    unsafe {
+        core::arch::asm!(
+            "lea {t}, [rip + 2f]",
+            "mov qword ptr [rip + {fix}], {t}",
+            "mov dword ptr [{icr2}], {dest:e}",
+            "mov dword ptr [{icr}], {lo:e}",
+            "mov ecx, 20000",
+            "3:",
+            "pause",
+            "dec ecx",
+            "jnz 3b",
+            "2:",
+            t = out(reg) _,
+            fix = sym idt::FAULT_FIXUP,
+            icr2 = in(reg) apic::XAPIC_BASE + u64::from(reg::ICR2),
+            icr = in(reg) apic::XAPIC_BASE + u64::from(reg::ICR),
+            dest = in(reg) id << 24,
+            lo = in(reg) apic::ICR_NMI | apic::ICR_ASSERT,
+            out("ecx") _,
+            options(nostack),
+        );
+    }
+    let got = idt::take_fault();
+    cpu::sti();
+    check_eq(
+        "NMI IPI to own APIC ID delivered with IF=0 (vector 2)",
+        got.map_or(0xff, u64::from),
+        2,
+    );
 }
