@@ -3,7 +3,7 @@
 //! (`--irqchip user`: `vlapic`, behind [`lapic_backend::LapicBackend`]).
 //!
 //! Modules:
-//! - [`args`]: command line.
+//! - [`args`]: command line; [`conformance`]: the `conformance` subcommand.
 //! - [`layout`], [`loader`], [`boot`]: guest memory, ELF64 / multiboot /
 //!   flat loaders, initial CPU state (page tables, GDT, modes).
 //! - [`cpuid`]: per-vCPU CPUID.
@@ -18,6 +18,7 @@
 
 pub mod args;
 pub mod boot;
+pub mod conformance;
 pub mod control;
 pub mod cpuid;
 pub mod devices;

@@ -3,7 +3,11 @@
 use vlapic_vmm::args::{self, Command};
 
 fn main() {
-    let cmd = match args::parse(std::env::args().skip(1)) {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("conformance") {
+        std::process::exit(vlapic_vmm::conformance::main(argv.into_iter().skip(1)));
+    }
+    let cmd = match args::parse(argv) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("vlapic-vmm: {e}\n\n{}", args::USAGE);

@@ -249,7 +249,6 @@ impl VcpuThread {
             self.stats.runs += 1;
             let next = self.run_once();
             self.stats.in_run += t0.elapsed();
-            self.ctl.exit_guest();
             match next {
                 Next::Continue => {}
                 Next::Halt => self.halt(),
@@ -394,6 +393,11 @@ impl VcpuThread {
         let idx = self.index;
         let vm = self.vm.clone();
         let exit = self.vcpu.run();
+        // Out of the guest: from here on a wake needs no signal (the next
+        // entry polls after `enter_guest`). Handling the exit may wake this
+        // very vCPU (an IPI to itself through the fabric); a signal then
+        // would only cost a spurious `KVM_RUN` exit.
+        self.ctl.exit_guest();
         // The time of the exit (not of the entry: the guest may have run
         // for long), for every LAPIC access it carries.
         let now = vm.clock.now_ns();
