@@ -299,13 +299,17 @@ fn timer_checks() {
     } else {
         apic::write(reg::LVT_TIMER, u32::from(TIMER_VEC) | (2 << 17));
         let before = idt::count(TIMER_VEC);
-        let deadline = cpu::rdtsc() + 2_000 * khz / 1000;
-        cpu::wrmsr(apic::MSR_TSC_DEADLINE, deadline);
+        // Read-back with a deadline 1 s away (reads are far apart here).
+        let far = cpu::rdtsc() + 1_000_000 * khz / 1000;
+        cpu::wrmsr(apic::MSR_TSC_DEADLINE, far);
         check_eq(
             "IA32_TSC_DEADLINE reads back the armed deadline",
             cpu::rdmsr(apic::MSR_TSC_DEADLINE),
-            deadline,
+            far,
         );
+        // Rewriting moves the deadline: 2 ms from now.
+        let deadline = cpu::rdtsc() + 2_000 * khz / 1000;
+        cpu::wrmsr(apic::MSR_TSC_DEADLINE, deadline);
         cpu::wait_us(LATE_US * 4, || idt::count(TIMER_VEC) > before);
         check_eq(
             "TSC-deadline timer fired once",
