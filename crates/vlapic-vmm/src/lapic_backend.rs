@@ -79,9 +79,9 @@ pub struct BackendContext {
     pub tsc_deadline: bool,
     /// Guest TSC frequency in kHz (for TSC-deadline conversions).
     pub tsc_khz: u32,
-    /// Guest TSC value at [`Clock`] time 0 (so that the LAPIC's idea of
-    /// the guest TSC matches guest RDTSC).
-    pub tsc_at_zero: u64,
+    /// A sample of the vCPU's guest TSC against the [`Clock`] (so that the
+    /// LAPIC's idea of the guest TSC matches guest RDTSC).
+    pub guest_tsc: GuestTsc,
     /// APIC timer input clock in kHz (CPUID 0x40000010 EBX).
     pub apic_bus_khz: u32,
     /// Guest MAXPHYADDR (CPUID 0x80000008 EAX bits 7:0).
@@ -92,6 +92,16 @@ pub struct BackendContext {
     pub vcpus: Arc<Vec<Arc<VcpuControl>>>,
     /// The VM clock.
     pub clock: Clock,
+}
+
+/// The guest TSC read `value` at [`Clock`] time `at_ns`; it advances at
+/// [`BackendContext::tsc_khz`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestTsc {
+    /// Clock time of the sample (ns).
+    pub at_ns: u64,
+    /// Guest TSC then.
+    pub value: u64,
 }
 
 /// What a LAPIC has for its vCPU right now. Looking consumes nothing:
@@ -480,7 +490,7 @@ mod tests {
             x2apic: true,
             tsc_deadline: true,
             tsc_khz: 1_000_000,
-            tsc_at_zero: 0,
+            guest_tsc: GuestTsc::default(),
             apic_bus_khz: 1_000_000,
             phys_bits: 46,
             trace: false,

@@ -20,8 +20,12 @@
 //! The LAPIC's clock is the VM [`crate::control::Clock`] (ns). The APIC
 //! timer runs at [`BackendContext::apic_bus_khz`] (what CPUID 0x40000010
 //! EBX advertises); the TSC-deadline timer converts with the guest TSC
-//! frequency and [`BackendContext::tsc_at_zero`], the guest TSC at clock
-//! time 0, measured when the vCPU was created. The vCPU loop arms the
+//! frequency and [`BackendContext::guest_tsc`], a sample of the guest TSC
+//! taken when the vCPU was created. The LAPIC's own time 0 is the moment
+//! of that sample (its "guest TSC at time 0" is then the sampled value,
+//! never a wrapped negative one, which vlapic's deadline conversion does
+//! not handle); the backend shifts times in and deadlines out by it. The
+//! vCPU loop arms the
 //! [`crate::control::TimerService`] with [`LapicBackend::next_deadline_ns`]
 //! before each entry (it kicks the vCPU out of the guest when the
 //! deadline passes) and a halted vCPU parks with that deadline.
@@ -89,6 +93,8 @@ pub struct BackendStats {
 pub struct VlapicBackend {
     cpu: usize,
     apic: LocalApic,
+    /// VM clock time that is the LAPIC's time 0.
+    epoch_ns: u64,
     fabric: Arc<Fabric>,
     eoi_hook: Option<EoiHook>,
     trace: bool,
@@ -105,7 +111,8 @@ impl std::fmt::Debug for VlapicBackend {
     }
 }
 
-/// The APIC configuration for a vCPU.
+/// The APIC configuration for a vCPU (the LAPIC's time 0 is
+/// `ctx.guest_tsc.at_ns` on the VM clock).
 pub fn apic_config(ctx: &BackendContext) -> ApicConfig {
     ApicConfig::new(ctx.apic_id)
         .with_bsp(ctx.bsp)
@@ -113,7 +120,7 @@ pub fn apic_config(ctx: &BackendContext) -> ApicConfig {
         .with_tsc_deadline(ctx.tsc_deadline)
         .with_bus_frequency_hz(u64::from(ctx.apic_bus_khz) * 1000)
         .with_tsc_frequency_hz(u64::from(ctx.tsc_khz) * 1000)
-        .with_tsc_offset(ctx.tsc_at_zero)
+        .with_tsc_offset(ctx.guest_tsc.value)
         .with_max_phys_addr_bits(ctx.phys_bits)
 }
 
@@ -135,6 +142,7 @@ impl VlapicBackend {
         VlapicBackend {
             cpu,
             apic,
+            epoch_ns: ctx.guest_tsc.at_ns,
             fabric,
             eoi_hook,
             trace: ctx.trace,
@@ -184,6 +192,11 @@ impl VlapicBackend {
         &self.stats
     }
 
+    /// VM clock -> LAPIC time.
+    fn t(&self, now_ns: u64) -> u64 {
+        now_ns.saturating_sub(self.epoch_ns)
+    }
+
     fn message(&mut self, msg: Message) {
         match msg {
             Message::Ipi(ipi) => {
@@ -227,19 +240,22 @@ impl LapicBackend for VlapicBackend {
 
     fn mmio_read(&mut self, now_ns: u64, offset: u64, data: &mut [u8]) {
         self.stats.mmio_reads += 1;
-        self.apic.mmio_read(now_ns, offset, data);
+        let t = self.t(now_ns);
+        self.apic.mmio_read(t, offset, data);
     }
 
     fn mmio_write(&mut self, now_ns: u64, offset: u64, data: &[u8]) {
         self.stats.mmio_writes += 1;
-        if let Some(m) = self.apic.mmio_write(now_ns, offset, data) {
+        let t = self.t(now_ns);
+        if let Some(m) = self.apic.mmio_write(t, offset, data) {
             self.message(m);
         }
     }
 
     fn msr_read(&mut self, now_ns: u64, msr: u32) -> Result<u64, Gp> {
         self.stats.msr_reads += 1;
-        self.apic.msr_read(now_ns, msr).map_err(|_| {
+        let t = self.t(now_ns);
+        self.apic.msr_read(t, msr).map_err(|_| {
             self.stats.gp += 1;
             Gp
         })
@@ -247,14 +263,14 @@ impl LapicBackend for VlapicBackend {
 
     fn msr_write(&mut self, now_ns: u64, msr: u32, value: u64) -> Result<(), Gp> {
         self.stats.msr_writes += 1;
-        let r = self.apic.msr_write(now_ns, msr, value);
+        let t = self.t(now_ns);
+        let r = self.apic.msr_write(t, msr, value);
         if self.trace && msr == crate::lapic_backend::MSR_TSC_DEADLINE {
             eprintln!(
                 "[vcpu{}] lapic: TSC deadline {value:#x} armed at {now_ns} ns: next timer deadline {:?} ns ({:+} us from now)",
                 self.cpu,
-                self.apic.next_timer_deadline(),
-                self.apic
-                    .next_timer_deadline()
+                self.next_deadline_ns(),
+                self.next_deadline_ns()
                     .map_or(0, |d| (d as i64 - now_ns as i64) / 1000)
             );
         }
@@ -278,7 +294,8 @@ impl LapicBackend for VlapicBackend {
             let m = synced.merged;
             self.stats.merged += u64::from(m.latched + m.coalesced + m.dropped + m.events);
         }
-        let mut w = self.apic.poll(now_ns);
+        let t = self.t(now_ns);
+        let mut w = self.apic.poll(t);
         if w.smi {
             self.apic.take_smi();
             self.stats.smis_ignored += 1;
@@ -333,7 +350,9 @@ impl LapicBackend for VlapicBackend {
     }
 
     fn next_deadline_ns(&self) -> Option<u64> {
-        self.apic.next_timer_deadline()
+        self.apic
+            .next_timer_deadline()
+            .map(|d| d.saturating_add(self.epoch_ns))
     }
 
     fn cr8(&self) -> u8 {
@@ -361,6 +380,7 @@ impl LapicBackend for VlapicBackend {
 mod tests {
     use super::*;
     use crate::control::{Clock, RunState, VcpuControl, Wake};
+    use crate::lapic_backend::GuestTsc;
 
     fn ctxs(n: u32) -> Vec<BackendContext> {
         let vcpus: Arc<Vec<Arc<VcpuControl>>> = Arc::new(
@@ -386,7 +406,10 @@ mod tests {
                 x2apic: true,
                 tsc_deadline: true,
                 tsc_khz: 2_000_000,
-                tsc_at_zero: 1_000_000,
+                guest_tsc: GuestTsc {
+                    at_ns: 0,
+                    value: 1_000_000,
+                },
                 apic_bus_khz: 1_000_000,
                 phys_bits: 46,
                 trace: false,
@@ -449,6 +472,30 @@ mod tests {
         assert_eq!(l.next_deadline_ns(), Some(5000));
         assert_eq!(l.poll(5000).interrupt, Some(0x31));
         assert!(l.report().unwrap().contains("msr_writes: 1"));
+    }
+
+    #[test]
+    fn guest_tsc_sampled_after_clock_zero() {
+        // The guest TSC (2 GHz) read 0 at clock 1 ms: its value at clock 0
+        // would be negative. The LAPIC's time 0 is the sample instead.
+        let mut c = ctxs(1).remove(0);
+        c.guest_tsc = GuestTsc {
+            at_ns: 1_000_000,
+            value: 0,
+        };
+        let mut l = VlapicBackend::factory()(&c);
+        l.mmio_write(1_000_000, 0xf0, &0x1ffu32.to_le_bytes());
+        l.mmio_write(1_000_000, 0x320, &(0x40u32 | (2 << 17)).to_le_bytes());
+        // At clock 2 ms the guest TSC is 2e6; arm for 4e6 = clock 3 ms.
+        l.msr_write(2_000_000, 0x6e0, 4_000_000).unwrap();
+        assert_eq!(l.next_deadline_ns(), Some(3_000_000));
+        assert_eq!(l.poll(2_999_999).interrupt, None);
+        assert_eq!(l.poll(3_000_000).interrupt, Some(0x40));
+        // One-shot timers are relative: unaffected by the epoch.
+        l.mmio_write(3_000_000, 0x320, &0x41u32.to_le_bytes());
+        l.mmio_write(3_000_000, 0x3e0, &0xbu32.to_le_bytes());
+        l.mmio_write(3_000_000, 0x380, &500u32.to_le_bytes());
+        assert_eq!(l.next_deadline_ns(), Some(3_000_500));
     }
 
     #[test]

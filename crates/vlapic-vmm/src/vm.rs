@@ -20,7 +20,7 @@ use crate::devices::serial::new_serial;
 use crate::devices::IoBus;
 use crate::error::{kvm, Error, Result};
 use crate::lapic_backend::{
-    BackendContext, BackendFactory, StubLapic, MSR_APIC_BASE, MSR_TSC_DEADLINE,
+    BackendContext, BackendFactory, GuestTsc, StubLapic, MSR_APIC_BASE, MSR_TSC_DEADLINE,
 };
 use crate::layout;
 use crate::loader;
@@ -162,20 +162,18 @@ pub fn setup_userspace_lapic(vm: &VmFd) -> Result<()> {
     Ok(())
 }
 
-/// The guest TSC at [`Clock`] time 0 of a new vCPU: its TSC (MSR 0x10,
-/// read with `KVM_GET_MSRS`) minus the clock's age in TSC cycles. The
-/// guest TSC then reads `tsc_at_zero + now_ns * tsc_khz / 10^6`, which is
-/// what the LAPIC's TSC-deadline timer assumes.
-pub fn guest_tsc_at_zero(vcpu: &kvm_ioctls::VcpuFd, clock: &Clock, tsc_khz: u32) -> Result<u64> {
+/// Samples a vCPU's guest TSC (MSR 0x10, `KVM_GET_MSRS`) against the
+/// clock: the ioctl is bracketed by clock reads and the middle is taken,
+/// from the tightest of 8 tries (the first ioctl on a new vCPU is slow).
+/// A guest check (`hello`, TSC-deadline) confirms that guest RDTSC agrees
+/// with `value + (now - at_ns) * tsc_khz / 10^6` within a few us.
+pub fn sample_guest_tsc(vcpu: &kvm_ioctls::VcpuFd, clock: &Clock) -> Result<GuestTsc> {
     let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
         index: 0x10,
         ..Default::default()
     }])
     .map_err(|e| Error::Memory(format!("MSR list: {e:?}")))?;
-    // Bracket the ioctl with clock readings and use the middle; keep the
-    // tightest of a few samples (the first ioctl on a new vCPU is slow,
-    // which put its middle ~5 us off).
-    let mut best: Option<(u64, u64)> = None;
+    let mut best: Option<(u64, GuestTsc)> = None;
     for _ in 0..8 {
         let t0 = clock.now_ns();
         let n = vcpu
@@ -186,13 +184,15 @@ pub fn guest_tsc_at_zero(vcpu: &kvm_ioctls::VcpuFd, clock: &Clock, tsc_khz: u32)
             return Err(Error::Memory("KVM_GET_MSRS(IA32_TSC) read nothing".into()));
         }
         let width = t1 - t0;
-        let cycles = (u128::from(t0 + width / 2) * u128::from(tsc_khz) / 1_000_000) as u64;
-        let at_zero = msrs.as_slice()[0].data.wrapping_sub(cycles);
+        let sample = GuestTsc {
+            at_ns: t0 + width / 2,
+            value: msrs.as_slice()[0].data,
+        };
         if best.map_or(true, |(w, _)| width < w) {
-            best = Some((width, at_zero));
+            best = Some((width, sample));
         }
     }
-    Ok(best.map_or(0, |b| b.1))
+    Ok(best.map_or(GuestTsc::default(), |b| b.1))
 }
 
 /// Runs the VM described by `cfg` until it ends; returns the process exit
@@ -314,10 +314,10 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
         } else {
             None
         };
-        let tsc_at_zero = if cfg.irqchip.is_userspace() {
-            guest_tsc_at_zero(&vcpu, &clock, tsc_khz)?
+        let guest_tsc = if cfg.irqchip.is_userspace() {
+            sample_guest_tsc(&vcpu, &clock)?
         } else {
-            0
+            GuestTsc::default()
         };
         let lapic = cfg.irqchip.is_userspace().then(|| {
             factory(&BackendContext {
@@ -328,7 +328,7 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
                 x2apic: cfg.x2apic,
                 tsc_deadline: cfg.tsc_deadline,
                 tsc_khz,
-                tsc_at_zero,
+                guest_tsc,
                 apic_bus_khz: APIC_BUS_KHZ,
                 phys_bits,
                 trace: cfg.trace,
