@@ -298,7 +298,7 @@ impl VcpuThread {
             inject_interrupt(&self.vcpu, v).map_err(|e| format!("KVM_INTERRUPT {v:#x}: {e}"))?;
             self.stats.injected += 1;
             if self.vm.trace {
-                eprintln!("[vcpu{}] inject vector {v:#04x}", self.index);
+                eprintln!("[vcpu{}] inject vector {v:#04x} at {now} ns", self.index);
             }
         } else {
             self.vcpu.get_kvm_run().request_interrupt_window = u8::from(pending);
