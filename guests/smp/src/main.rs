@@ -90,6 +90,24 @@ fn x2_hook(v: u8) {
     eoi_here();
 }
 
+/// INIT to a running AP resets it into wait-for-SIPI; a Start-up IPI then
+/// runs the trampoline again, and the AP sends its IPI to the BSP again.
+fn restart_ap() {
+    let from1 = || idt::count(TO_BSP + 1);
+    let before = from1();
+    apic::send_ipi(1, apic::ICR_INIT | apic::ICR_ASSERT);
+    cpu::delay_us(10_000);
+    apic::send_ipi(1, apic::ICR_STARTUP | (smp::TRAMPOLINE >> 12) as u32);
+    cpu::delay_us(200);
+    apic::send_ipi(1, apic::ICR_STARTUP | (smp::TRAMPOLINE >> 12) as u32);
+    let ok = cpu::wait_us(1_000_000, || from1() > before);
+    cpu::delay_us(2_000);
+    check(
+        "AP 1 restarted by INIT/SIPI/SIPI while running (sent its IPI again, once)",
+        ok && from1() == before + 1,
+    );
+}
+
 fn x2apic_phase(n: u32) {
     const NAMES: [&str; 5] = [
         "every AP switched to x2APIC mode (x2APIC ID = APIC ID)",
@@ -206,6 +224,7 @@ pub fn guest_main(boot: &BootInfo) {
         "every AP got the BSP's fixed IPI (physical destination)",
         all,
     );
+    restart_ap();
     x2apic_phase(n);
     cpu::cli();
 }
