@@ -103,6 +103,7 @@ impl Default for Config {
 /// Usage text printed by `--help`.
 pub const USAGE: &str = "\
 usage: vlapic-vmm --kernel PATH [options]
+       vlapic-vmm conformance [options]   (LAPIC conformance suite, see conformance --help)
 
   --kernel PATH            guest image (ELF64, multiboot v1 or flat binary)
   --format auto|elf|multiboot|flat   image format (default auto)

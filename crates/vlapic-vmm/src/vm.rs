@@ -162,6 +162,31 @@ pub fn setup_userspace_lapic(vm: &VmFd) -> Result<()> {
     Ok(())
 }
 
+/// Prints `log` records (vlapic's rejected-access messages, at debug
+/// level) to stderr with `--trace`.
+struct TraceLogger;
+
+impl TraceLogger {
+    fn install() {
+        static LOGGER: TraceLogger = TraceLogger;
+        if log::set_logger(&LOGGER).is_ok() {
+            log::set_max_level(log::LevelFilter::Debug);
+        }
+    }
+}
+
+impl log::Log for TraceLogger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Debug
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("[{}] {}: {}", r.target(), r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
 /// Samples a vCPU's guest TSC (MSR 0x10, `KVM_GET_MSRS`) against the
 /// clock: the ioctl is bracketed by clock reads and the middle is taken,
 /// from the tightest of 8 tries (the first ioctl on a new vCPU is slow).
@@ -207,6 +232,9 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
     boot::write_gdt(&mem)?;
     boot::write_page_tables(&mem)?;
 
+    if cfg.trace {
+        TraceLogger::install();
+    }
     let kvm_sys = open_kvm()?;
     install_kick_handler()
         .map_err(|e| Error::Io("installing the kick signal handler".into(), e))?;
