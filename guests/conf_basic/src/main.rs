@@ -84,13 +84,22 @@ fn hook(v: u8) {
             cpu::sti();
             cpu::wait_us(20_000, || idt::count(0x94) >= 1);
             cpu::cli();
-            rec(0, u32::from(apic::bit(reg::ISR0, 0x47)) | u32::from(apic::bit(reg::ISR0, 0x94)) << 1);
+            rec(
+                0,
+                u32::from(apic::bit(reg::ISR0, 0x47)) | u32::from(apic::bit(reg::ISR0, 0x94)) << 1,
+            );
             rec(1, apic::read(reg::PPR));
             apic::eoi();
-            rec(2, u32::from(apic::bit(reg::ISR0, 0x47)) | u32::from(apic::bit(reg::ISR0, 0x94)) << 1);
+            rec(
+                2,
+                u32::from(apic::bit(reg::ISR0, 0x47)) | u32::from(apic::bit(reg::ISR0, 0x94)) << 1,
+            );
             rec(3, apic::read(reg::PPR));
             apic::eoi();
-            rec(4, u32::from(apic::bit(reg::ISR0, 0x47)) | u32::from(apic::bit(reg::ISR0, 0x94)) << 1);
+            rec(
+                4,
+                u32::from(apic::bit(reg::ISR0, 0x47)) | u32::from(apic::bit(reg::ISR0, 0x94)) << 1,
+            );
         }
         (S_TMR, 0x48) => {
             let n = idt::count(0x48);
@@ -106,7 +115,12 @@ fn nmi() {
 
 #[no_mangle]
 pub fn guest_main(boot: &BootInfo) {
-    out().s("conf_basic: cpu ").dec(boot.cpu).s(" of ").dec(boot.cpus).nl();
+    out()
+        .s("conf_basic: cpu ")
+        .dec(boot.cpu)
+        .s(" of ")
+        .dec(boot.cpus)
+        .nl();
     idt::set_hook(Some(hook));
     idt::set_nmi_hook(Some(nmi));
     reset_values();
@@ -146,7 +160,11 @@ pub fn guest_main(boot: &BootInfo) {
 
 /// Spec 7: power-on values on the BSP (nothing has touched the APIC yet).
 fn reset_values() {
-    eq("reset: APIC_BASE on the BSP", apic::base_msr(), XB | EN | BSP);
+    eq(
+        "reset: APIC_BASE on the BSP",
+        apic::base_msr(),
+        XB | EN | BSP,
+    );
     eq(
         "reset: ID = CPUID initial APIC ID",
         u64::from(apic::read(reg::ID)),
@@ -170,19 +188,51 @@ fn reset_values() {
         eq(n, u64::from(apic::read(r)), 0);
     }
     eq("reset: CR8 = 0", cpu::read_cr8(), 0);
-    eq("reset: DFR = 0xFFFFFFFF", u64::from(apic::read(reg::DFR)), 0xffff_ffff);
+    eq(
+        "reset: DFR = 0xFFFFFFFF",
+        u64::from(apic::read(reg::DFR)),
+        0xffff_ffff,
+    );
     eq("reset: SVR = 0xFF", u64::from(apic::read(reg::SVR)), 0xff);
     ok("reset: IRR empty", !conf::any_bit(reg::IRR0));
     ok("reset: ISR empty", !conf::any_bit(reg::ISR0));
     ok("reset: TMR empty", !conf::any_bit(reg::TMR0));
-    eq("reset: LVT timer = 0x10000", u64::from(apic::read(reg::LVT_TIMER)), 0x10000);
-    eq("reset: LVT thermal = 0x10000", u64::from(apic::read(0x330)), 0x10000);
-    eq("reset: LVT perfmon = 0x10000", u64::from(apic::read(0x340)), 0x10000);
-    eq("reset: LVT LINT0 = 0x10000", u64::from(apic::read(reg::LVT_LINT0)), 0x10000);
-    eq("reset: LVT LINT1 = 0x10000", u64::from(apic::read(reg::LVT_LINT1)), 0x10000);
-    eq("reset: LVT error = 0x10000", u64::from(apic::read(reg::LVT_ERROR)), 0x10000);
+    eq(
+        "reset: LVT timer = 0x10000",
+        u64::from(apic::read(reg::LVT_TIMER)),
+        0x10000,
+    );
+    eq(
+        "reset: LVT thermal = 0x10000",
+        u64::from(apic::read(0x330)),
+        0x10000,
+    );
+    eq(
+        "reset: LVT perfmon = 0x10000",
+        u64::from(apic::read(0x340)),
+        0x10000,
+    );
+    eq(
+        "reset: LVT LINT0 = 0x10000",
+        u64::from(apic::read(reg::LVT_LINT0)),
+        0x10000,
+    );
+    eq(
+        "reset: LVT LINT1 = 0x10000",
+        u64::from(apic::read(reg::LVT_LINT1)),
+        0x10000,
+    );
+    eq(
+        "reset: LVT error = 0x10000",
+        u64::from(apic::read(reg::LVT_ERROR)),
+        0x10000,
+    );
     if maxlvt >= 6 {
-        eq("reset: LVT CMCI = 0x10000", u64::from(apic::read(0x2f0)), 0x10000);
+        eq(
+            "reset: LVT CMCI = 0x10000",
+            u64::from(apic::read(0x2f0)),
+            0x10000,
+        );
     } else {
         conf::skip("reset: LVT CMCI = 0x10000", "no CMCI LVT (max LVT 5)");
     }
@@ -201,8 +251,14 @@ fn maxphyaddr() -> u32 {
 fn apic_base_xapic() {
     let b = apic::base_msr();
     let m = apic::MSR_APIC_BASE;
-    ok("APIC_BASE: reserved bits 0-7 raise #GP", is_gp(cpu::wrmsr_safe(m, b | 0x1)));
-    ok("APIC_BASE: reserved bit 9 raises #GP", is_gp(cpu::wrmsr_safe(m, b | 0x200)));
+    ok(
+        "APIC_BASE: reserved bits 0-7 raise #GP",
+        is_gp(cpu::wrmsr_safe(m, b | 0x1)),
+    );
+    ok(
+        "APIC_BASE: reserved bit 9 raises #GP",
+        is_gp(cpu::wrmsr_safe(m, b | 0x200)),
+    );
     let mp = maxphyaddr();
     if mp < 52 {
         ok(
@@ -210,15 +266,25 @@ fn apic_base_xapic() {
             is_gp(cpu::wrmsr_safe(m, b | (1u64 << mp))),
         );
     } else {
-        conf::skip("APIC_BASE: bit above MAXPHYADDR raises #GP", "MAXPHYADDR is 52");
+        conf::skip(
+            "APIC_BASE: bit above MAXPHYADDR raises #GP",
+            "MAXPHYADDR is 52",
+        );
     }
     ok(
         "APIC_BASE: EN=0 EXTD=1 (invalid) raises #GP",
         is_gp(cpu::wrmsr_safe(m, (b & !EN) | EXTD)),
     );
-    eq("APIC_BASE: unchanged after refused writes", apic::base_msr(), b);
+    eq(
+        "APIC_BASE: unchanged after refused writes",
+        apic::base_msr(),
+        b,
+    );
     let _ = cpu::wrmsr_safe(m, b & !BSP);
-    ok("APIC_BASE: guest cannot clear the BSP bit", apic::base_msr() & BSP != 0);
+    ok(
+        "APIC_BASE: guest cannot clear the BSP bit",
+        apic::base_msr() & BSP != 0,
+    );
     let _ = cpu::wrmsr_safe(m, b);
 
     // Dirty some state, then hardware-disable and re-enable.
@@ -230,7 +296,11 @@ fn apic_base_xapic() {
     apic::write(reg::TDCR, 0xb);
     apic::write(reg::ID, 0x0b00_0000);
     cpu::wrmsr(m, b & !EN);
-    eq("APIC_BASE: hardware disable reads EN=0", apic::base_msr() & (EN | EXTD), 0);
+    eq(
+        "APIC_BASE: hardware disable reads EN=0",
+        apic::base_msr() & (EN | EXTD),
+        0,
+    );
     if conf::x2apic_offered() {
         ok(
             "APIC_BASE: disabled -> x2APIC raises #GP",
@@ -243,14 +313,45 @@ fn apic_base_xapic() {
         "APIC_BASE: disabled -> EXTD only raises #GP",
         is_gp(cpu::wrmsr_safe(m, (b & !EN) | EXTD)),
     );
-    ok("APIC_BASE: disabled -> xAPIC allowed", cpu::wrmsr_safe(m, b | EN).is_ok());
-    eq("re-enable: ID back to the initial ID", u64::from(apic::read(reg::ID)), u64::from(cpu::cpuid(1, 0).ebx >> 24) << 24);
-    eq("re-enable: TPR reset to 0", u64::from(apic::read(reg::TPR)), 0);
-    eq("re-enable: SVR reset to 0xFF", u64::from(apic::read(reg::SVR)), 0xff);
-    eq("re-enable: LVT timer reset to 0x10000", u64::from(apic::read(reg::LVT_TIMER)), 0x10000);
-    eq("re-enable: LDR reset to 0", u64::from(apic::read(reg::LDR)), 0);
-    eq("re-enable: DFR reset to 0xFFFFFFFF", u64::from(apic::read(reg::DFR)), 0xffff_ffff);
-    eq("re-enable: TDCR reset to 0", u64::from(apic::read(reg::TDCR)), 0);
+    ok(
+        "APIC_BASE: disabled -> xAPIC allowed",
+        cpu::wrmsr_safe(m, b | EN).is_ok(),
+    );
+    eq(
+        "re-enable: ID back to the initial ID",
+        u64::from(apic::read(reg::ID)),
+        u64::from(cpu::cpuid(1, 0).ebx >> 24) << 24,
+    );
+    eq(
+        "re-enable: TPR reset to 0",
+        u64::from(apic::read(reg::TPR)),
+        0,
+    );
+    eq(
+        "re-enable: SVR reset to 0xFF",
+        u64::from(apic::read(reg::SVR)),
+        0xff,
+    );
+    eq(
+        "re-enable: LVT timer reset to 0x10000",
+        u64::from(apic::read(reg::LVT_TIMER)),
+        0x10000,
+    );
+    eq(
+        "re-enable: LDR reset to 0",
+        u64::from(apic::read(reg::LDR)),
+        0,
+    );
+    eq(
+        "re-enable: DFR reset to 0xFFFFFFFF",
+        u64::from(apic::read(reg::DFR)),
+        0xffff_ffff,
+    );
+    eq(
+        "re-enable: TDCR reset to 0",
+        u64::from(apic::read(reg::TDCR)),
+        0,
+    );
     // Whatever the backend kept, go on from a clean state.
     apic::write(reg::TPR, 0);
     apic::write(reg::LVT_TIMER, 0x10000);
@@ -271,53 +372,113 @@ fn apic_base_xapic() {
         "APIC_BASE: relocated xAPIC window decodes (ID, TPR)",
         id_new == apic::read(reg::ID) && tpr_new == 0x30,
     );
-    ok("APIC_BASE: old window stops decoding after relocation", old_tpr != 0x30);
-    eq("APIC_BASE: registers kept across relocation", u64::from(apic::read(reg::TPR)), 0x30);
+    ok(
+        "APIC_BASE: old window stops decoding after relocation",
+        old_tpr != 0x30,
+    );
+    eq(
+        "APIC_BASE: registers kept across relocation",
+        u64::from(apic::read(reg::TPR)),
+        0x30,
+    );
     apic::write(reg::TPR, 0);
 }
 
 /// Spec 1, xAPIC specifics.
 fn xapic_registers() {
     let id = apic::read(reg::ID);
-    ok("MMIO 1-byte read returns that byte", unsafe { mmio_read8(XB + 0x23) } == (id >> 24) as u8);
+    ok(
+        "MMIO 1-byte read returns that byte",
+        unsafe { mmio_read8(XB + 0x23) } == (id >> 24) as u8,
+    );
     let ver = apic::read(reg::VERSION);
-    ok("MMIO 2-byte read returns those bytes", unsafe { mmio_read16(XB + 0x32) } == (ver >> 16) as u16);
+    ok(
+        "MMIO 2-byte read returns those bytes",
+        unsafe { mmio_read16(XB + 0x32) } == (ver >> 16) as u16,
+    );
     unsafe { mmio_write8(XB + 0x80, 0x40) };
-    eq("MMIO 1-byte write is dropped", u64::from(apic::read(reg::TPR)), 0);
+    eq(
+        "MMIO 1-byte write is dropped",
+        u64::from(apic::read(reg::TPR)),
+        0,
+    );
     unsafe { mmio_write32(XB + 0x84, 0x40) };
-    eq("MMIO misaligned 4-byte write is dropped", u64::from(apic::read(reg::TPR)), 0);
+    eq(
+        "MMIO misaligned 4-byte write is dropped",
+        u64::from(apic::read(reg::TPR)),
+        0,
+    );
     conf::esr();
-    eq("MMIO read of a non-register offset (0x40) gives 0", u64::from(unsafe { mmio_read32(XB + 0x40) }), 0);
-    ok("ESR illegal register address (bit 7) after access to 0x40", conf::esr() & 0x80 != 0);
+    eq(
+        "MMIO read of a non-register offset (0x40) gives 0",
+        u64::from(unsafe { mmio_read32(XB + 0x40) }),
+        0,
+    );
+    ok(
+        "ESR illegal register address (bit 7) after access to 0x40",
+        conf::esr() & 0x80 != 0,
+    );
     conf::esr();
     apic::write(reg::VERSION, 0);
-    eq("VERSION is read-only", u64::from(apic::read(reg::VERSION)), u64::from(ver));
+    eq(
+        "VERSION is read-only",
+        u64::from(apic::read(reg::VERSION)),
+        u64::from(ver),
+    );
     apic::write(reg::PPR, 0xf0);
     eq("PPR is read-only", u64::from(apic::read(reg::PPR)), 0);
     apic::write(reg::ICR2, 0xffff_ffff);
-    eq("ICR2 keeps only bits 31:24", u64::from(apic::read(reg::ICR2)), 0xff00_0000);
+    eq(
+        "ICR2 keeps only bits 31:24",
+        u64::from(apic::read(reg::ICR2)),
+        0xff00_0000,
+    );
     apic::write(reg::ICR2, 0);
     apic::write(reg::LDR, 0xffff_ffff);
-    eq("LDR keeps only bits 31:24", u64::from(apic::read(reg::LDR)), 0xff00_0000);
+    eq(
+        "LDR keeps only bits 31:24",
+        u64::from(apic::read(reg::LDR)),
+        0xff00_0000,
+    );
     apic::write(reg::LDR, 0);
     apic::write(reg::DFR, 0);
-    eq("DFR keeps bits 31:28, 27:0 read as 1", u64::from(apic::read(reg::DFR)), 0x0fff_ffff);
+    eq(
+        "DFR keeps bits 31:28, 27:0 read as 1",
+        u64::from(apic::read(reg::DFR)),
+        0x0fff_ffff,
+    );
     apic::write(reg::DFR, 0xffff_ffff);
     apic::write(reg::TPR, 0x1ff);
-    eq("TPR keeps only bits 7:0", u64::from(apic::read(reg::TPR)), 0xff);
+    eq(
+        "TPR keeps only bits 7:0",
+        u64::from(apic::read(reg::TPR)),
+        0xff,
+    );
     apic::write(reg::TPR, 0);
 
     // ID is writable and IPIs follow it.
     idt::reset();
     cpu::sti();
     apic::write(reg::ID, 0x0a12_3456);
-    eq("ID write keeps bits 31:24", u64::from(apic::read(reg::ID)), 0x0a00_0000);
+    eq(
+        "ID write keeps bits 31:24",
+        u64::from(apic::read(reg::ID)),
+        0x0a00_0000,
+    );
     apic::send_ipi(0x0a, 0x42);
     apic::send_ipi(id >> 24, 0x43);
     wait_count(0x42, 1);
     cpu::delay_us(1000);
-    eq("physical IPI to the new (written) ID is delivered", u64::from(idt::count(0x42)), 1);
-    eq("physical IPI to the old ID is not delivered", u64::from(idt::count(0x43)), 0);
+    eq(
+        "physical IPI to the new (written) ID is delivered",
+        u64::from(idt::count(0x42)),
+        1,
+    );
+    eq(
+        "physical IPI to the old ID is not delivered",
+        u64::from(idt::count(0x43)),
+        0,
+    );
     apic::write(reg::ID, id);
     cpu::cli();
 }
@@ -341,27 +502,59 @@ fn lvt_masks() {
     } else {
         (0xffff_efff, 0xfffb_efff, 0xffff_afff)
     };
-    eq("LVT timer keeps vector, mask, periodic mode", u64::from(lvt(reg::LVT_TIMER, timer)), 0x300ff);
+    eq(
+        "LVT timer keeps vector, mask, periodic mode",
+        u64::from(lvt(reg::LVT_TIMER, timer)),
+        0x300ff,
+    );
     let t = lvt(reg::LVT_TIMER, 0x500ef);
     eq(
         "LVT timer TSC-deadline mode bit writable iff offered",
         u64::from(t & 0x40000 != 0),
         u64::from(conf::tsc_deadline_offered()),
     );
-    eq("LVT thermal keeps vector, delivery mode, mask", u64::from(lvt(0x330, all)), 0x107ff);
-    eq("LVT perfmon keeps vector, delivery mode, mask", u64::from(lvt(0x340, all)), 0x107ff);
-    eq("LVT LINT0 keeps vector, mode, polarity, trigger, mask", u64::from(lvt(reg::LVT_LINT0, lint)), 0x1a7ff);
-    eq("LVT LINT1 keeps vector, mode, polarity, trigger, mask", u64::from(lvt(reg::LVT_LINT1, lint)), 0x1a7ff);
-    eq("LVT error keeps vector, mask", u64::from(lvt(reg::LVT_ERROR, if x2 { 0x100ff } else { all })), 0x100ff);
+    eq(
+        "LVT thermal keeps vector, delivery mode, mask",
+        u64::from(lvt(0x330, all)),
+        0x107ff,
+    );
+    eq(
+        "LVT perfmon keeps vector, delivery mode, mask",
+        u64::from(lvt(0x340, all)),
+        0x107ff,
+    );
+    eq(
+        "LVT LINT0 keeps vector, mode, polarity, trigger, mask",
+        u64::from(lvt(reg::LVT_LINT0, lint)),
+        0x1a7ff,
+    );
+    eq(
+        "LVT LINT1 keeps vector, mode, polarity, trigger, mask",
+        u64::from(lvt(reg::LVT_LINT1, lint)),
+        0x1a7ff,
+    );
+    eq(
+        "LVT error keeps vector, mask",
+        u64::from(lvt(reg::LVT_ERROR, if x2 { 0x100ff } else { all })),
+        0x100ff,
+    );
     let mut ds = 0;
     for (r, _) in LVTS {
         ds |= lvt(r, 0x11030) & 0x1000;
     }
     eq("LVT delivery-status bit 12 is read-only", u64::from(ds), 0);
-    eq("LVT LINT0 remote-IRR bit 14 is read-only", u64::from(lvt(reg::LVT_LINT0, 0x14030) & 0x4000), 0);
+    eq(
+        "LVT LINT0 remote-IRR bit 14 is read-only",
+        u64::from(lvt(reg::LVT_LINT0, 0x14030) & 0x4000),
+        0,
+    );
     let maxlvt = (apic::read(reg::VERSION) >> 16) & 0xff;
     if maxlvt >= 6 {
-        eq("LVT CMCI keeps vector, delivery mode, mask", u64::from(lvt(0x2f0, all)), 0x107ff);
+        eq(
+            "LVT CMCI keeps vector, delivery mode, mask",
+            u64::from(lvt(0x2f0, all)),
+            0x107ff,
+        );
     } else {
         skip("LVT CMCI keeps vector, delivery mode, mask", "no CMCI LVT");
     }
@@ -377,10 +570,18 @@ fn common() {
     // TPR, PPR, CR8.
     apic::write(reg::TPR, 0x35);
     eq("TPR reads back 0x35", u64::from(apic::read(reg::TPR)), 0x35);
-    eq("PPR = TPR with ISR empty", u64::from(apic::read(reg::PPR)), 0x35);
+    eq(
+        "PPR = TPR with ISR empty",
+        u64::from(apic::read(reg::PPR)),
+        0x35,
+    );
     eq("CR8 = TPR[7:4]", cpu::read_cr8(), 3);
     cpu::write_cr8(7);
-    eq("CR8 write sets TPR = CR8 << 4", u64::from(apic::read(reg::TPR)), 0x70);
+    eq(
+        "CR8 write sets TPR = CR8 << 4",
+        u64::from(apic::read(reg::TPR)),
+        0x70,
+    );
     cpu::write_cr8(0);
 
     // Masking by priority class.
@@ -390,8 +591,16 @@ fn common() {
     self_ipi(0x60);
     wait_count(0x60, 1);
     cpu::delay_us(1000);
-    eq("vector above the TPR class is delivered", u64::from(idt::count(0x60)), 1);
-    eq("vector in the TPR class is held", u64::from(idt::count(0x5f)), 0);
+    eq(
+        "vector above the TPR class is delivered",
+        u64::from(idt::count(0x60)),
+        1,
+    );
+    eq(
+        "vector in the TPR class is held",
+        u64::from(idt::count(0x5f)),
+        0,
+    );
     ok("held vector stays in IRR", apic::bit(reg::IRR0, 0x5f));
     // EOI with an empty ISR changes nothing.
     apic::eoi();
@@ -401,7 +610,11 @@ fn common() {
     );
     apic::write(reg::TPR, 0);
     wait_count(0x5f, 1);
-    eq("held vector delivered once TPR drops", u64::from(idt::count(0x5f)), 1);
+    eq(
+        "held vector delivered once TPR drops",
+        u64::from(idt::count(0x5f)),
+        1,
+    );
 
     // PPR while a vector is in service.
     apic::write(reg::TPR, 0x35);
@@ -410,9 +623,20 @@ fn common() {
     wait_count(0x61, 1);
     SCENARIO.store(S_NONE, Relaxed);
     eq("PPR = ISRV class when above TPR", u64::from(got(0)), 0x60);
-    ok("in-service vector: ISR set, IRR clear", got(1) == 1 && got(2) == 0);
-    eq("PPR = TPR when TPR class >= ISRV class", u64::from(got(3)), 0x72);
-    eq("PPR back to TPR after EOI", u64::from(apic::read(reg::PPR)), 0x35);
+    ok(
+        "in-service vector: ISR set, IRR clear",
+        got(1) == 1 && got(2) == 0,
+    );
+    eq(
+        "PPR = TPR when TPR class >= ISRV class",
+        u64::from(got(3)),
+        0x72,
+    );
+    eq(
+        "PPR back to TPR after EOI",
+        u64::from(apic::read(reg::PPR)),
+        0x35,
+    );
     apic::write(reg::TPR, 0);
 
     // Highest vector first.
@@ -425,16 +649,27 @@ fn common() {
     wait_count(0x45, 1);
     let mut log = [0u8; 64];
     let n = idt::log(&mut log);
-    ok("pending vectors delivered highest first", n == 4 && log[..4] == [0x92, 0x71, 0x50, 0x45]);
+    ok(
+        "pending vectors delivered highest first",
+        n == 4 && log[..4] == [0x92, 0x71, 0x50, 0x45],
+    );
 
     // Nesting.
     SCENARIO.store(S_NEST, Relaxed);
     self_ipi(0x46);
     wait_count(0x4b, 1);
     SCENARIO.store(S_NONE, Relaxed);
-    eq("higher class preempts an in-service vector", u64::from(got(0)), 1);
+    eq(
+        "higher class preempts an in-service vector",
+        u64::from(got(0)),
+        1,
+    );
     eq("same class does not preempt", u64::from(got(1)), 0);
-    eq("same-class vector delivered after EOI", u64::from(idt::count(0x4b)), 1);
+    eq(
+        "same-class vector delivered after EOI",
+        u64::from(idt::count(0x4b)),
+        1,
+    );
 
     // EOI order (no auto-EOI).
     idt::set_auto_eoi(false);
@@ -445,10 +680,22 @@ fn common() {
     SCENARIO.store(S_NONE, Relaxed);
     idt::set_auto_eoi(true);
     eq("nested: both vectors in ISR", u64::from(got(0)), 3);
-    eq("nested: PPR = class of the higher one", u64::from(got(1)), 0x90);
+    eq(
+        "nested: PPR = class of the higher one",
+        u64::from(got(1)),
+        0x90,
+    );
     eq("EOI clears the highest ISR bit first", u64::from(got(2)), 1);
-    eq("PPR drops to the remaining in-service class", u64::from(got(3)), 0x40);
-    eq("second EOI clears the remaining ISR bit", u64::from(got(4)), 0);
+    eq(
+        "PPR drops to the remaining in-service class",
+        u64::from(got(3)),
+        0x40,
+    );
+    eq(
+        "second EOI clears the remaining ISR bit",
+        u64::from(got(4)),
+        0,
+    );
 
     // TMR follows the trigger mode of accepted messages.
     SCENARIO.store(S_TMR, Relaxed);
@@ -461,13 +708,27 @@ fn common() {
     self_ipi(0x48);
     wait_count(0x48, before + 2);
     SCENARIO.store(S_NONE, Relaxed);
-    eq("level-triggered IPI sets TMR", u64::from(got((before as usize + 1) & 7)), 3);
-    eq("edge-triggered IPI clears TMR", u64::from(got((before as usize + 2) & 7)), 2);
-    ok("TMR clear after EOI of the edge vector", !apic::bit(reg::TMR0, 0x48));
+    eq(
+        "level-triggered IPI sets TMR",
+        u64::from(got((before as usize + 1) & 7)),
+        3,
+    );
+    eq(
+        "edge-triggered IPI clears TMR",
+        u64::from(got((before as usize + 2) & 7)),
+        2,
+    );
+    ok(
+        "TMR clear after EOI of the edge vector",
+        !apic::bit(reg::TMR0, 0x48),
+    );
 
     // Vectors 16-31 are legal.
     cpu::cli();
-    for (v, n) in [(0x10u8, "vector 0x10 is accepted and delivered"), (0x1f, "vector 0x1F is accepted and delivered")] {
+    for (v, n) in [
+        (0x10u8, "vector 0x10 is accepted and delivered"),
+        (0x1f, "vector 0x1F is accepted and delivered"),
+    ] {
         self_ipi(v);
         let c = cpu::irq_window_catching(3000);
         eq(n, c.map_or(0, u64::from), u64::from(v));
@@ -479,7 +740,10 @@ fn common() {
     // Illegal vectors: sender side.
     conf::esr();
     self_ipi(3);
-    ok("IPI with illegal vector 3 not latched in IRR", !apic::bit(reg::IRR0, 3));
+    ok(
+        "IPI with illegal vector 3 not latched in IRR",
+        !apic::bit(reg::IRR0, 3),
+    );
     ok("ESR reads 0 until written", apic::read(reg::ESR) == 0);
     let c = cpu::irq_window_catching(3000);
     ok("IPI with illegal vector 3 not delivered", c.is_none());
@@ -487,7 +751,11 @@ fn common() {
         apic::eoi();
     }
     let e = conf::esr();
-    eq("ESR send illegal vector (bit 5) latched by the write", u64::from(e & 0x20), 0x20);
+    eq(
+        "ESR send illegal vector (bit 5) latched by the write",
+        u64::from(e & 0x20),
+        0x20,
+    );
     eq("ESR cleared by the next write", u64::from(conf::esr()), 0);
     if x2 {
         cpu::wrmsr(0x83f, 5);
@@ -496,7 +764,13 @@ fn common() {
         if apic::bit(reg::ISR0, 5) {
             apic::eoi();
         }
-        eq("SELF_IPI illegal vector sets ESR bit 5", u64::from(conf::esr()), 0x20);
+        // SDM "x2APIC Differences in Error Handling": a SELF IPI write
+        // with an illegal vector sets Send Illegal Vector (bit 6 may
+        // also be set: the ESR table counts self-interrupts as received).
+        let e = conf::esr();
+        if !ok("SELF_IPI illegal vector sets ESR bit 5", e & 0x20 != 0) {
+            out().s("  ESR ").hex(u64::from(e)).nl();
+        }
     }
     // Receiver side: an LVT with an illegal vector.
     apic::write(reg::TDCR, 0xb);
@@ -508,7 +782,11 @@ fn common() {
     if apic::bit(reg::ISR0, 3) {
         apic::eoi();
     }
-    eq("ESR receive illegal vector (bit 6) latched", u64::from(conf::esr() & 0x40), 0x40);
+    eq(
+        "ESR receive illegal vector (bit 6) latched",
+        u64::from(conf::esr() & 0x40),
+        0x40,
+    );
     apic::write(reg::LVT_TIMER, 0x10000);
     apic::write(reg::TMICT, 0);
     apic::write(reg::TDCR, 0);
@@ -523,8 +801,15 @@ fn common() {
     cpu::sti();
     wait_count(0xe0, 1);
     cpu::cli();
-    ok("illegal vector 6 not delivered (LVT Error armed)", c.is_none());
-    eq("LVT Error interrupt on a new error", u64::from(idt::count(0xe0)), 1);
+    ok(
+        "illegal vector 6 not delivered (LVT Error armed)",
+        c.is_none(),
+    );
+    eq(
+        "LVT Error interrupt on a new error",
+        u64::from(idt::count(0xe0)),
+        1,
+    );
     conf::esr();
     // Illegal LVT Error vector must not recurse.
     apic::write(reg::LVT_ERROR, 4);
@@ -535,14 +820,25 @@ fn common() {
         apic::eoi();
     }
     apic::write(reg::LVT_ERROR, 0x10000);
-    ok("illegal LVT Error vector does not recurse", c1.is_none() && c2.is_none());
-    eq("ESR after the illegal LVT Error vector has bits 5 and 6", u64::from(conf::esr() & 0x60), 0x60);
+    ok(
+        "illegal LVT Error vector does not recurse",
+        c1.is_none() && c2.is_none(),
+    );
+    eq(
+        "ESR after the illegal LVT Error vector has bits 5 and 6",
+        u64::from(conf::esr() & 0x60),
+        0x60,
+    );
     eq("ESR clear after the final write", u64::from(conf::esr()), 0);
 
     // SVR.
     let ver = apic::read(reg::VERSION);
     apic::write(reg::SVR, 0x3ff);
-    eq("SVR bits 0-9 writable", u64::from(apic::read(reg::SVR)), 0x3ff);
+    eq(
+        "SVR bits 0-9 writable",
+        u64::from(apic::read(reg::SVR)),
+        0x3ff,
+    );
     let _ = if x2 {
         cpu::wrmsr_safe(0x80f, 0x11ff)
     } else {
@@ -555,11 +851,21 @@ fn common() {
         u64::from(ver >> 24 & 1),
     );
     apic::write(reg::SVR, 0x1ef);
-    eq("spurious vector field writable", u64::from(apic::read(reg::SVR)), 0x1ef);
+    eq(
+        "spurious vector field writable",
+        u64::from(apic::read(reg::SVR)),
+        0x1ef,
+    );
     apic::write(reg::SVR, 0x1ff);
 
     // Software disable.
-    for (r, v) in [(reg::LVT_TIMER, 0x30), (0x330, 0x31), (0x340, 0x32), (reg::LVT_LINT1, 0x33), (reg::LVT_ERROR, 0x34)] {
+    for (r, v) in [
+        (reg::LVT_TIMER, 0x30),
+        (0x330, 0x31),
+        (0x340, 0x32),
+        (reg::LVT_LINT1, 0x33),
+        (reg::LVT_ERROR, 0x34),
+    ] {
         apic::write(r, v);
     }
     apic::write(reg::SVR, 0xff);
@@ -568,20 +874,37 @@ fn common() {
         LVTS.iter().all(|&(r, _)| apic::read(r) & 0x10000 != 0),
     );
     apic::write(reg::LVT_TIMER, 0x35);
-    ok("LVT writes stay masked while software-disabled", apic::read(reg::LVT_TIMER) & 0x10000 != 0);
+    ok(
+        "LVT writes stay masked while software-disabled",
+        apic::read(reg::LVT_TIMER) & 0x10000 != 0,
+    );
     idt::reset();
     cpu::sti();
     self_ipi(0x52);
     cpu::delay_us(1000);
-    ok("fixed IPI dropped while software-disabled", !apic::bit(reg::IRR0, 0x52) && idt::count(0x52) == 0);
+    ok(
+        "fixed IPI dropped while software-disabled",
+        !apic::bit(reg::IRR0, 0x52) && idt::count(0x52) == 0,
+    );
     let n0 = NMIS.load(Relaxed);
     apic::send_ipi(apic::id(), apic::ICR_NMI);
     cpu::wait_us(20_000, || NMIS.load(Relaxed) > n0);
-    eq("NMI IPI accepted while software-disabled", u64::from(NMIS.load(Relaxed) - n0), 1);
+    eq(
+        "NMI IPI accepted while software-disabled",
+        u64::from(NMIS.load(Relaxed) - n0),
+        1,
+    );
     apic::write(reg::SVR, 0x1ff);
     cpu::delay_us(1000);
-    eq("dropped fixed IPI not delivered after re-enable", u64::from(idt::count(0x52)), 0);
-    ok("re-enable does not unmask the LVTs", apic::read(reg::LVT_TIMER) & 0x10000 != 0);
+    eq(
+        "dropped fixed IPI not delivered after re-enable",
+        u64::from(idt::count(0x52)),
+        0,
+    );
+    ok(
+        "re-enable does not unmask the LVTs",
+        apic::read(reg::LVT_TIMER) & 0x10000 != 0,
+    );
     for (r, _) in LVTS {
         apic::write(r, 0x10000);
     }
@@ -596,22 +919,38 @@ fn common() {
     let icr = apic::read(reg::ICR);
     wait_count(0x53, 1);
     eq("ICR delivery status reads 0", u64::from(icr & 0x1000), 0);
-    eq("ICR reads back the command", u64::from(icr & !0x1000), u64::from(apic::ICR_SELF | 0x53));
+    eq(
+        "ICR reads back the command",
+        u64::from(icr & !0x1000),
+        u64::from(apic::ICR_SELF | 0x53),
+    );
     cpu::cli();
 }
 
 /// Entering x2APIC mode: ID, LDR, and the xAPIC window.
 fn x2apic_entry() {
-    eq("APIC_BASE EN|EXTD after entering x2APIC", apic::base_msr() & (EN | EXTD), EN | EXTD);
+    eq(
+        "APIC_BASE EN|EXTD after entering x2APIC",
+        apic::base_msr() & (EN | EXTD),
+        EN | EXTD,
+    );
     let id = cpu::rdmsr(0x802) as u32;
-    eq("ID = CPUID.0xB:EDX x2APIC ID", u64::from(id), u64::from(cpu::cpuid(0xb, 0).edx));
+    eq(
+        "ID = CPUID.0xB:EDX x2APIC ID",
+        u64::from(id),
+        u64::from(cpu::cpuid(0xb, 0).edx),
+    );
     eq(
         "LDR derived from the ID",
         cpu::rdmsr(0x80d),
         u64::from(((id >> 4) << 16) | (1 << (id & 0xf))),
     );
     unsafe { mmio_write32(XB + 0x80, 0x30) };
-    eq("MMIO TPR write ignored in x2APIC mode", u64::from(apic::read(reg::TPR)), 0);
+    eq(
+        "MMIO TPR write ignored in x2APIC mode",
+        u64::from(apic::read(reg::TPR)),
+        0,
+    );
     apic::write(reg::TPR, 0);
 }
 
@@ -635,9 +974,15 @@ fn x2apic_registers() {
     ok("RDMSR unassigned 0x804 raises #GP", r(0x804));
     ok("WRMSR unassigned 0x804 raises #GP", w(0x804, 0));
     ok("WRMSR TPR bits 63:32 raises #GP", w(0x808, 1 << 32));
-    ok("WRMSR LVT timer bits 63:32 raises #GP", w(0x832, (1 << 32) | 0x10000));
+    ok(
+        "WRMSR LVT timer bits 63:32 raises #GP",
+        w(0x832, (1 << 32) | 0x10000),
+    );
     ok("WRMSR TPR reserved bit 8 raises #GP", w(0x808, 0x100));
-    ok("WRMSR LVT timer reserved bit 20 raises #GP", w(0x832, 0x110000));
+    ok(
+        "WRMSR LVT timer reserved bit 20 raises #GP",
+        w(0x832, 0x110000),
+    );
     ok("WRMSR SVR reserved bit 13 raises #GP", w(0x80f, 0x21ff));
     ok("WRMSR SELF_IPI reserved bit 8 raises #GP", w(0x83f, 0x1f0));
     ok("WRMSR ESR non-zero raises #GP", w(0x828, 1));
@@ -653,11 +998,23 @@ fn x2apic_registers() {
     let icr = (id << 32) | 0x49;
     cpu::wrmsr(0x830, icr);
     wait_count(0x49, 1);
-    eq("one 64-bit ICR WRMSR sends (physical to self)", u64::from(idt::count(0x49)), 1);
-    eq("ICR reads back all 64 bits", cpu::rdmsr(0x830) & !0x1000, icr);
+    eq(
+        "one 64-bit ICR WRMSR sends (physical to self)",
+        u64::from(idt::count(0x49)),
+        1,
+    );
+    eq(
+        "ICR reads back all 64 bits",
+        cpu::rdmsr(0x830) & !0x1000,
+        icr,
+    );
     cpu::wrmsr(0x83f, 0x4a);
     wait_count(0x4a, 1);
-    eq("SELF_IPI delivers its vector", u64::from(idt::count(0x4a)), 1);
+    eq(
+        "SELF_IPI delivers its vector",
+        u64::from(idt::count(0x4a)),
+        1,
+    );
     cpu::cli();
 }
 
@@ -665,8 +1022,15 @@ fn x2apic_registers() {
 fn x2apic_exit() {
     let b = apic::base_msr();
     let m = apic::MSR_APIC_BASE;
-    ok("x2APIC -> xAPIC raises #GP", is_gp(cpu::wrmsr_safe(m, b & !EXTD)));
-    eq("still x2APIC after the refused write", apic::base_msr() & (EN | EXTD), EN | EXTD);
+    ok(
+        "x2APIC -> xAPIC raises #GP",
+        is_gp(cpu::wrmsr_safe(m, b & !EXTD)),
+    );
+    eq(
+        "still x2APIC after the refused write",
+        apic::base_msr() & (EN | EXTD),
+        EN | EXTD,
+    );
     apic::write(reg::TPR, 0x40);
     let dis = cpu::wrmsr_safe(m, b & !(EN | EXTD)).is_ok();
     let en = cpu::wrmsr_safe(m, (b & !EXTD) | EN).is_ok();

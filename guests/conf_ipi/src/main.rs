@@ -108,7 +108,10 @@ fn ap_main(id: u32) {
                 OP_SEND => apic::send_ipi(a, b),
                 OP_X2APIC => {
                     let base = apic::base_msr();
-                    RES[i].store(u32::from(cpu::wrmsr_safe(apic::MSR_APIC_BASE, base | EN | EXTD).is_ok()), Relaxed);
+                    RES[i].store(
+                        u32::from(cpu::wrmsr_safe(apic::MSR_APIC_BASE, base | EN | EXTD).is_ok()),
+                        Relaxed,
+                    );
                 }
                 _ => {}
             }
@@ -190,7 +193,11 @@ pub fn guest_main(boot: &BootInfo) {
     apic::sw_enable(0xff);
     cpu::sti();
     let up = smp::start_aps(n as u32 - 1, 2_000_000);
-    eq("INIT/SIPI/SIPI starts every AP from real mode", u64::from(up), n as u64 - 1);
+    eq(
+        "INIT/SIPI/SIPI starts every AP from real mode",
+        u64::from(up),
+        n as u64 - 1,
+    );
     if up != n as u32 - 1 {
         return;
     }
@@ -213,15 +220,33 @@ fn every_ap(n: usize, k: usize, f: impl Fn(usize, u32) -> bool) -> bool {
 }
 
 fn ap_reset_values(n: usize) {
-    ok("AP reset: APIC_BASE = 0xFEE00800 (EN, no BSP bit)", every_ap(n, E_BASE, |_, v| v == 0xfee0_0800));
-    ok("AP reset: ID = initial APIC ID", every_ap(n, 0, |i, v| v == (i as u32) << 24));
+    ok(
+        "AP reset: APIC_BASE = 0xFEE00800 (EN, no BSP bit)",
+        every_ap(n, E_BASE, |_, v| v == 0xfee0_0800),
+    );
+    ok(
+        "AP reset: ID = initial APIC ID",
+        every_ap(n, 0, |i, v| v == (i as u32) << 24),
+    );
     ok("AP reset: TPR = 0", every_ap(n, 1, |_, v| v == 0));
     ok("AP reset: LDR = 0", every_ap(n, 2, |_, v| v == 0));
-    ok("AP reset: DFR = 0xFFFFFFFF", every_ap(n, 3, |_, v| v == 0xffff_ffff));
+    ok(
+        "AP reset: DFR = 0xFFFFFFFF",
+        every_ap(n, 3, |_, v| v == 0xffff_ffff),
+    );
     ok("AP reset: SVR = 0xFF", every_ap(n, 4, |_, v| v == 0xff));
-    ok("AP reset: every LVT = 0x10000", (5..11).all(|k| every_ap(n, k, |_, v| v == 0x10000)));
-    ok("AP reset: TMICT and TDCR = 0", every_ap(n, 11, |_, v| v == 0) && every_ap(n, 12, |_, v| v == 0));
-    ok("AP reset: IRR, ISR, TMR empty", every_ap(n, E_IRR_ISR, |_, v| v == 0));
+    ok(
+        "AP reset: every LVT = 0x10000",
+        (5..11).all(|k| every_ap(n, k, |_, v| v == 0x10000)),
+    );
+    ok(
+        "AP reset: TMICT and TDCR = 0",
+        every_ap(n, 11, |_, v| v == 0) && every_ap(n, 12, |_, v| v == 0),
+    );
+    ok(
+        "AP reset: IRR, ISR, TMR empty",
+        every_ap(n, E_IRR_ISR, |_, v| v == 0),
+    );
 }
 
 fn set_all(n: usize, r: u32, f: impl Fn(usize) -> u32) {
@@ -247,13 +272,22 @@ fn common_ipis(n: usize, bcast: u32) {
         all &= expect(n, v, &b, |i| u32::from(i == 0));
     }
     ok("physical IPI from each AP reaches the BSP", all);
-    ok("physical broadcast reaches every CPU", ipi(n, bcast, 0, 0x60, |_| 1));
-    ok("shorthand all-including-self reaches every CPU", ipi(n, 0, apic::ICR_ALL, 0x61, |_| 1));
+    ok(
+        "physical broadcast reaches every CPU",
+        ipi(n, bcast, 0, 0x60, |_| 1),
+    );
+    ok(
+        "shorthand all-including-self reaches every CPU",
+        ipi(n, 0, apic::ICR_ALL, 0x61, |_| 1),
+    );
     ok(
         "shorthand all-excluding-self reaches every other CPU",
         ipi(n, 0, apic::ICR_OTHERS, 0x62, |i| u32::from(i != 0)),
     );
-    ok("shorthand self reaches only the sender", ipi(n, 0, apic::ICR_SELF, 0x63, |i| u32::from(i == 0)));
+    ok(
+        "shorthand self reaches only the sender",
+        ipi(n, 0, apic::ICR_SELF, 0x63, |i| u32::from(i == 0)),
+    );
     // NMI to every AP, with TPR raised on the target.
     set_all(n, reg::TPR, |i| if i == 0 { 0 } else { 0xe0 });
     let nb: [u32; MAXC] = core::array::from_fn(|i| NMI[i].load(Relaxed));
@@ -264,7 +298,9 @@ fn common_ipis(n: usize, bcast: u32) {
     cpu::delay_us(1000);
     ok(
         "NMI IPI reaches each AP regardless of its TPR",
-        nmi_ok && (1..n).all(|i| NMI[i].load(Relaxed) == nb[i] + 1) && NMI[0].load(Relaxed) == nb[0],
+        nmi_ok
+            && (1..n).all(|i| NMI[i].load(Relaxed) == nb[i] + 1)
+            && NMI[0].load(Relaxed) == nb[0],
     );
     set_all(n, reg::TPR, |_| 0);
     let _ = odd;
@@ -277,30 +313,63 @@ fn xapic_ipis(n: usize) {
     set_all(n, reg::DFR, |_| 0xffff_ffff);
     set_all(n, reg::LDR, |i| 1 << (24 + i));
     let odd_mask: u32 = (0..n).filter(|i| i & 1 == 1).map(|i| 1 << i).sum();
-    ok("logical flat: LDR bitmap AND destination", ipi(n, odd_mask, 1 << 11, 0x64, odd));
-    ok("logical flat: destination 0xFF reaches every CPU", ipi(n, 0xff, 1 << 11, 0x65, |_| 1));
-    ok("logical flat: destination 0 reaches nobody", ipi(n, 0, 1 << 11, 0x66, |_| 0));
+    ok(
+        "logical flat: LDR bitmap AND destination",
+        ipi(n, odd_mask, 1 << 11, 0x64, odd),
+    );
+    ok(
+        "logical flat: destination 0xFF reaches every CPU",
+        ipi(n, 0xff, 1 << 11, 0x65, |_| 1),
+    );
+    ok(
+        "logical flat: destination 0 reaches nobody",
+        ipi(n, 0, 1 << 11, 0x66, |_| 0),
+    );
     // Lowest priority among all: the last AP has the lowest TPR.
     let lowest = n - 1;
-    set_all(n, reg::TPR, |i| if i == lowest { 0x10 } else { 0x20 + 0x10 * i as u32 });
+    set_all(n, reg::TPR, |i| {
+        if i == lowest {
+            0x10
+        } else {
+            0x20 + 0x10 * i as u32
+        }
+    });
     let b = snap(0x90);
     apic::send_ipi(0xff, (1 << 11) | (1 << 8) | 0x90);
     cpu::wait_us(100_000, || (0..n).any(|i| got(i, 0x90) > b[i]));
     cpu::delay_us(3000);
     let total: u32 = (0..n).map(|i| got(i, 0x90) - b[i]).sum();
-    eq("lowest priority: exactly one CPU gets it", u64::from(total), 1);
-    ok("lowest priority: the CPU with the lowest TPR gets it", got(lowest, 0x90) - b[lowest] == 1);
+    eq(
+        "lowest priority: exactly one CPU gets it",
+        u64::from(total),
+        1,
+    );
+    ok(
+        "lowest priority: the CPU with the lowest TPR gets it",
+        got(lowest, 0x90) - b[lowest] == 1,
+    );
     set_all(n, reg::TPR, |_| 0);
     // Logical cluster: cluster 1 + (i & 1), member bit i >> 1.
     set_all(n, reg::DFR, |_| 0x0fff_ffff);
-    set_all(n, reg::LDR, |i| ((1 + (i as u32 & 1)) << 28) | (1 << (24 + (i >> 1))));
-    ok("logical cluster: cluster ID and member bits match", ipi(n, 0x23, 1 << 11, 0x67, odd));
-    ok("logical cluster: one member of one cluster", ipi(n, 0x11, 1 << 11, 0x68, |i| u32::from(i == 0)));
+    set_all(n, reg::LDR, |i| {
+        ((1 + (i as u32 & 1)) << 28) | (1 << (24 + (i >> 1)))
+    });
+    ok(
+        "logical cluster: cluster ID and member bits match",
+        ipi(n, 0x23, 1 << 11, 0x67, odd),
+    );
+    ok(
+        "logical cluster: one member of one cluster",
+        ipi(n, 0x11, 1 << 11, 0x68, |i| u32::from(i == 0)),
+    );
     ok(
         "logical cluster: cluster 0xF reaches that member of every cluster",
         ipi(n, 0xf1, 1 << 11, 0x69, |i| u32::from(i < 2)),
     );
-    ok("logical cluster: destination 0xFF reaches every CPU", ipi(n, 0xff, 1 << 11, 0x6a, |_| 1));
+    ok(
+        "logical cluster: destination 0xFF reaches every CPU",
+        ipi(n, 0xff, 1 << 11, 0x6a, |_| 1),
+    );
     set_all(n, reg::DFR, |_| 0xffff_ffff);
     set_all(n, reg::LDR, |_| 0);
     // xAPIC ID changes.
@@ -324,7 +393,9 @@ fn init_sipi(n: usize) {
     let t = n - 1;
     let marker = 0x7100 as *mut u8;
     // Real-mode stub at 0x7000: mov byte cs:[0x100], 0x77; jmp 0x0800:0000.
-    let stub: [u8; 11] = [0x2e, 0xc6, 0x06, 0x00, 0x01, 0x77, 0xea, 0x00, 0x00, 0x00, 0x08];
+    let stub: [u8; 11] = [
+        0x2e, 0xc6, 0x06, 0x00, 0x01, 0x77, 0xea, 0x00, 0x00, 0x00, 0x08,
+    ];
     unsafe {
         core::ptr::copy_nonoverlapping(stub.as_ptr(), 0x7000 as *mut u8, stub.len());
         core::ptr::write_volatile(marker, 0);
@@ -350,7 +421,10 @@ fn init_sipi(n: usize) {
     );
     apic::send_ipi(t as u32, apic::ICR_INIT | apic::ICR_ASSERT);
     cpu::delay_us(10_000);
-    ok("after INIT the AP waits for SIPI", ENTRIES[t].load(Relaxed) == e0);
+    ok(
+        "after INIT the AP waits for SIPI",
+        ENTRIES[t].load(Relaxed) == e0,
+    );
     apic::send_ipi(t as u32, apic::ICR_STARTUP | 0x07);
     let up = cpu::wait_us(500_000, || ENTRIES[t].load(Relaxed) > e0);
     ok(
@@ -363,7 +437,11 @@ fn init_sipi(n: usize) {
     eq("INIT reset: LDR = 0", u64::from(e(2)), 0);
     eq("INIT reset: SVR = 0xFF", u64::from(e(4)), 0xff);
     eq("INIT keeps the APIC ID", u64::from(e(0)), (t as u64) << 24);
-    eq("INIT keeps APIC_BASE", u64::from(EARLY[t][E_BASE].load(Relaxed)), 0xfee0_0800);
+    eq(
+        "INIT keeps APIC_BASE",
+        u64::from(EARLY[t][E_BASE].load(Relaxed)),
+        0xfee0_0800,
+    );
     cpu::delay_us(2000);
     unsafe { core::ptr::write_volatile(marker, 0) };
     let e1 = ENTRIES[t].load(Relaxed);
@@ -373,7 +451,10 @@ fn init_sipi(n: usize) {
         "a second SIPI after start-up is ignored",
         unsafe { core::ptr::read_volatile(marker) } == 0 && ENTRIES[t].load(Relaxed) == e1,
     );
-    ok("restarted AP answers IPIs", ipi(n, t as u32, 0, 0x6e, |i| u32::from(i == t)));
+    ok(
+        "restarted AP answers IPIs",
+        ipi(n, t as u32, 0, 0x6e, |i| u32::from(i == t)),
+    );
 }
 
 fn x2apic_ipis(n: usize) {
@@ -394,8 +475,20 @@ fn x2apic_ipis(n: usize) {
     common_ipis(n, 0xffff_ffff);
     let odd = |i: usize| (i & 1) as u32;
     let odd_mask: u32 = (0..n).filter(|i| i & 1 == 1).map(|i| 1 << i).sum();
-    ok("x2APIC cluster: cluster 0 member bits", ipi(n, odd_mask, 1 << 11, 0x64, odd));
-    ok("x2APIC cluster: another cluster ID reaches nobody", ipi(n, (1 << 16) | 0xffff, 1 << 11, 0x65, |_| 0));
-    ok("x2APIC logical 0xFFFFFFFF reaches every CPU", ipi(n, 0xffff_ffff, 1 << 11, 0x66, |_| 1));
-    ok("x2APIC physical to an absent ID reaches nobody", ipi(n, 0x100, 0, 0x67, |_| 0));
+    ok(
+        "x2APIC cluster: cluster 0 member bits",
+        ipi(n, odd_mask, 1 << 11, 0x64, odd),
+    );
+    ok(
+        "x2APIC cluster: another cluster ID reaches nobody",
+        ipi(n, (1 << 16) | 0xffff, 1 << 11, 0x65, |_| 0),
+    );
+    ok(
+        "x2APIC logical 0xFFFFFFFF reaches every CPU",
+        ipi(n, 0xffff_ffff, 1 << 11, 0x66, |_| 1),
+    );
+    ok(
+        "x2APIC physical to an absent ID reaches nobody",
+        ipi(n, 0x100, 0, 0x67, |_| 0),
+    );
 }

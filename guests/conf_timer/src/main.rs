@@ -85,7 +85,10 @@ fn rate(div: u64, us: u64) -> (u64, u64) {
         let Some((t1, c1)) = sample() else { continue };
         cpu::delay_us(us);
         let Some((t2, c2)) = sample() else { continue };
-        r = (u64::from(c1.saturating_sub(c2)), counts(conf::tsc_to_ns(t2 - t1)) / div);
+        r = (
+            u64::from(c1.saturating_sub(c2)),
+            counts(conf::tsc_to_ns(t2 - t1)) / div,
+        );
         if near(r.0, r.1, 5) {
             break;
         }
@@ -144,24 +147,43 @@ fn all() {
 
 fn basics() {
     if apic::is_x2apic() {
-        ok("WRMSR TDCR reserved bits raise #GP", conf::is_gp(cpu::wrmsr_safe(0x83e, 0xff)));
+        ok(
+            "WRMSR TDCR reserved bits raise #GP",
+            conf::is_gp(cpu::wrmsr_safe(0x83e, 0xff)),
+        );
         apic::write(reg::TDCR, 0xb);
     } else {
         apic::write(reg::TDCR, 0xff);
     }
-    eq("TDCR keeps bits 0, 1, 3", u64::from(apic::read(reg::TDCR)), 0xb);
+    eq(
+        "TDCR keeps bits 0, 1, 3",
+        u64::from(apic::read(reg::TDCR)),
+        0xb,
+    );
     apic::write(reg::LVT_TIMER, MASK | TV);
     // 2 s at 1 GHz: long enough that host preemption cannot expire it.
     apic::write(reg::TMICT, 0x7654_3210);
-    eq("TMICT reads back", u64::from(apic::read(reg::TMICT)), 0x7654_3210);
+    eq(
+        "TMICT reads back",
+        u64::from(apic::read(reg::TMICT)),
+        0x7654_3210,
+    );
     let c1 = apic::read(reg::TMCCT);
     cpu::delay_us(100);
     let c2 = apic::read(reg::TMCCT);
-    if !ok("TMCCT starts at or below TMICT", c1 > 0 && c1 <= 0x7654_3210) {
+    if !ok(
+        "TMCCT starts at or below TMICT",
+        c1 > 0 && c1 <= 0x7654_3210,
+    ) {
         out().s("  TMCCT ").dec(u64::from(c1)).nl();
     }
     if !ok("TMCCT decreases", c2 < c1) {
-        out().s("  TMCCT ").dec(u64::from(c1)).s(" then ").dec(u64::from(c2)).nl();
+        out()
+            .s("  TMCCT ")
+            .dec(u64::from(c1))
+            .s(" then ")
+            .dec(u64::from(c2))
+            .nl();
     }
     stop();
     for (enc, div, name) in DIVS {
@@ -192,16 +214,34 @@ fn one_shot() {
     ok("one-shot fires", tn() >= 1);
     eq("one-shot fires only once", u64::from(tn()), 1);
     let el = conf::tsc_to_ns(ts(0).wrapping_sub(t0));
-    if !ok("one-shot not early (>= 98% of the period)", tn() >= 1 && el * 100 >= period_ns * 98) {
+    if !ok(
+        "one-shot not early (>= 98% of the period)",
+        tn() >= 1 && el * 100 >= period_ns * 98,
+    ) {
         out().s("  elapsed ns ").dec(el).nl();
     }
-    if !ok("one-shot late by less than 20 ms", tn() >= 1 && el < period_ns + 20_000_000) {
+    if !ok(
+        "one-shot late by less than 20 ms",
+        tn() >= 1 && el < period_ns + 20_000_000,
+    ) {
         out().s("  elapsed ns ").dec(el).nl();
     }
-    eq("one-shot TMCCT reads 0 after expiry", u64::from(apic::read(reg::TMCCT)), 0);
+    eq(
+        "one-shot TMCCT reads 0 after expiry",
+        u64::from(apic::read(reg::TMCCT)),
+        0,
+    );
     cpu::delay_us(1000);
-    eq("one-shot TMCCT stays 0", u64::from(apic::read(reg::TMCCT)), 0);
-    eq("one-shot TMICT kept after expiry", u64::from(apic::read(reg::TMICT)), counts(period_ns));
+    eq(
+        "one-shot TMCCT stays 0",
+        u64::from(apic::read(reg::TMCCT)),
+        0,
+    );
+    eq(
+        "one-shot TMICT kept after expiry",
+        u64::from(apic::read(reg::TMICT)),
+        counts(period_ns),
+    );
     stop();
 }
 
@@ -218,15 +258,24 @@ fn periodic() {
     });
     let c = apic::read(reg::TMCCT);
     ok("periodic fires repeatedly (10 interrupts)", tn() >= 10);
-    ok("periodic TMCCT reloads (0 < TMCCT <= TMICT)", c > 0 && u64::from(c) <= counts(period_ns));
+    ok(
+        "periodic TMCCT reloads (0 < TMCCT <= TMICT)",
+        c > 0 && u64::from(c) <= counts(period_ns),
+    );
     if tn() >= 30 {
         // Average over 28 periods: single interrupts jitter (by
         // milliseconds under host load); a coalesced tick adds 4%.
         let avg = conf::tsc_to_ns(ts(29) - ts(1)) / 28;
-        if !ok("periodic average period not short (>= 95%, 3 tries)", avg * 100 >= period_ns * 95) {
+        if !ok(
+            "periodic average period not short (>= 95%, 3 tries)",
+            avg * 100 >= period_ns * 95,
+        ) {
             out().s("  avg ns ").dec(avg).nl();
         }
-        if !ok("periodic average period not long (<= 125%, 3 tries)", avg * 100 <= period_ns * 125) {
+        if !ok(
+            "periodic average period not long (<= 125%, 3 tries)",
+            avg * 100 <= period_ns * 125,
+        ) {
             out().s("  avg ns ").dec(avg).nl();
         }
     } else {
@@ -248,11 +297,22 @@ fn masked() {
     let c1 = apic::read(reg::TMCCT);
     cpu::delay_us(3000);
     ok("masked timer counts down", c1 > 0);
-    eq("masked one-shot reaches 0", u64::from(apic::read(reg::TMCCT)), 0);
-    ok("masked timer delivers nothing", tn() == 0 && !apic::bit(reg::IRR0, TV as u8));
+    eq(
+        "masked one-shot reaches 0",
+        u64::from(apic::read(reg::TMCCT)),
+        0,
+    );
+    ok(
+        "masked timer delivers nothing",
+        tn() == 0 && !apic::bit(reg::IRR0, TV as u8),
+    );
     apic::write(reg::LVT_TIMER, TV);
     cpu::delay_us(1000);
-    eq("unmasking after a masked expiry delivers nothing", u64::from(tn()), 0);
+    eq(
+        "unmasking after a masked expiry delivers nothing",
+        u64::from(tn()),
+        0,
+    );
     // Masked periodic keeps reloading.
     apic::write(reg::TMICT, 0);
     clear();
@@ -278,8 +338,15 @@ fn mode_switch() {
         c2 = apic::read(reg::TMCCT);
         c2 > 0 && c2 <= c1
     });
-    eq("one-shot -> periodic keeps TMICT", u64::from(apic::read(reg::TMICT)), u64::from(ict));
-    ok("one-shot -> periodic keeps the running count", c2 > 0 && c2 <= c1);
+    eq(
+        "one-shot -> periodic keeps TMICT",
+        u64::from(apic::read(reg::TMICT)),
+        u64::from(ict),
+    );
+    ok(
+        "one-shot -> periodic keeps the running count",
+        c2 > 0 && c2 <= c1,
+    );
     cpu::wait_us(200_000, || tn() >= 3);
     ok("one-shot switched to periodic keeps firing", tn() >= 3);
     apic::write(reg::LVT_TIMER, TV);
@@ -287,7 +354,10 @@ fn mode_switch() {
     let n = tn();
     cpu::delay_us(25_000);
     ok("periodic -> one-shot keeps the running count", c3 > 0);
-    ok("periodic switched to one-shot fires at most once more", tn() <= n + 1);
+    ok(
+        "periodic switched to one-shot fires at most once more",
+        tn() <= n + 1,
+    );
     stop();
 }
 
@@ -309,7 +379,10 @@ fn divide_change() {
         c2 <= c1 && u64::from(c1 - c2) < counts(500_000),
     );
     let (got, want) = rate(128, 3000);
-    if !ok("divide change applies the new rate (15%)", near(got, want, 15)) {
+    if !ok(
+        "divide change applies the new rate (15%)",
+        near(got, want, 15),
+    ) {
         out().s("  counts ").dec(got).s(" want ").dec(want).nl();
     }
     stop();
@@ -358,7 +431,10 @@ fn deadline() {
     if !ok(NAMES[3], tn() >= 1 && conf::tsc_to_ns(early) <= 20_000) {
         out().s("  early ns ").dec(conf::tsc_to_ns(early)).nl();
     }
-    ok(NAMES[4], tn() >= 1 && conf::tsc_to_ns(ts(0).saturating_sub(d)) < 20_000_000);
+    ok(
+        NAMES[4],
+        tn() >= 1 && conf::tsc_to_ns(ts(0).saturating_sub(d)) < 20_000_000,
+    );
     eq(NAMES[5], cpu::rdmsr(m), 0);
     let mut el = 0;
     retry(3, || {
@@ -416,7 +492,10 @@ fn clamp() {
     let el = conf::tsc_to_ns(cpu::rdtsc() - t0);
     let n = tn();
     cpu::delay_us(1000);
-    if !ok("1-count periodic timer is clamped (< 1000 interrupts in 10 ms)", n < 1000 && el < 1_000_000_000) {
+    if !ok(
+        "1-count periodic timer is clamped (< 1000 interrupts in 10 ms)",
+        n < 1000 && el < 1_000_000_000,
+    ) {
         out().s("  interrupts ").dec(u64::from(n)).nl();
     }
     ok("1-count periodic timer still delivers", n >= 1);

@@ -114,7 +114,9 @@ pub fn set_ap_early(f: fn(u32)) {
 pub fn cpu_index() -> u32 {
     let sp: u64;
     // SAFETY: reads RSP only.
-    unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
     let end = AP_STACK_BASE + (MAX_CPUS as u64) * 0x4000;
     if (AP_STACK_BASE..end).contains(&sp) {
         ((sp - AP_STACK_BASE) / 0x4000) as u32

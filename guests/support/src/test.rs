@@ -104,7 +104,14 @@ pub fn pass_pfx(prefix: &str, name: &str) {
 /// [`skip`] with the name printed as `prefix` + `name`.
 pub fn skip_pfx(prefix: &str, name: &str, why: &str) {
     bump(&SKIPPED);
-    out().s("SKIP: ").s(prefix).s(name).s(" (").s(why).s(")").nl();
+    out()
+        .s("SKIP: ")
+        .s(prefix)
+        .s(name)
+        .s(" (")
+        .s(why)
+        .s(")")
+        .nl();
 }
 
 /// Reports `name` as skipped.
