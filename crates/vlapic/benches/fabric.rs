@@ -79,6 +79,34 @@ fn unicast(c: &mut Criterion) {
     g.finish();
 }
 
+/// Unicast while another thread sends unicasts as fast as it can (both
+/// from their own vCPU, to different targets): shows whether senders
+/// share cache lines.
+fn unicast_contended(c: &mut Criterion) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut g = c.benchmark_group("unicast-contended");
+    let n = 64;
+    let (f, _) = fabric(n, x2_identity);
+    let f = Arc::new(f);
+    let stop = Arc::new(AtomicBool::new(false));
+    let bg = {
+        let (f, stop) = (f.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let m = ipi(Destination::physical_x2apic(40), Interrupt::fixed(0x42));
+            while !stop.load(Ordering::Relaxed) {
+                black_box(f.send_ipi(1, &m));
+            }
+        })
+    };
+    let m = ipi(Destination::physical_x2apic(20), Interrupt::fixed(0x43));
+    g.bench_function("2-senders-64", |b| {
+        b.iter(|| black_box(f.send_ipi(0, black_box(&m))))
+    });
+    stop.store(true, Ordering::Relaxed);
+    bg.join().unwrap();
+    g.finish();
+}
+
 fn multicast(c: &mut Criterion) {
     let mut g = c.benchmark_group("multicast");
     let (f, _) = fabric(1024, x2_identity);
@@ -179,6 +207,7 @@ fn owner_sync(c: &mut Criterion) {
 criterion_group!(
     benches,
     unicast,
+    unicast_contended,
     multicast,
     lowest_priority,
     msi_deliver,

@@ -196,7 +196,20 @@ struct Counters {
     deliveries: AtomicU64,
     coalesced: AtomicU64,
     dropped: AtomicU64,
-    rebuilds: AtomicU64,
+}
+
+/// Sender-side state, one per vCPU plus one for devices, on its own cache
+/// lines: a cached reference to the routing table (valid while the
+/// fabric's generation is unchanged) and the sender's counters. The
+/// sending path then touches no cache line shared with other senders
+/// (no `RwLock` reader count, no `Arc` reference count, no global
+/// counters): it reads the generation (a read-mostly line) and locks its
+/// own uncontended mutex.
+#[repr(align(128))]
+#[derive(Default)]
+struct Sender {
+    cache: Mutex<Option<(u64, Arc<RouteMap>)>>,
+    counters: Counters,
 }
 
 /// Bit of [`Slot::arb`] set while the APIC is software-disabled (so it is
@@ -449,11 +462,15 @@ impl RouteMap {
 /// ```
 pub struct Fabric {
     slots: Box<[Slot]>,
+    /// Index `vcpus` is the devices' (MSI, IOAPIC) sender.
+    senders: Box<[Sender]>,
     map: RwLock<Arc<RouteMap>>,
+    /// Bumped after every table replacement.
+    generation: AtomicU64,
     registry: Mutex<Registry>,
     config: FabricConfig,
     rr_cursor: AtomicUsize,
-    counters: Counters,
+    rebuilds: AtomicU64,
 }
 
 struct Registry {
@@ -499,9 +516,11 @@ impl Fabric {
                 wakers: std::vec![None; vcpus],
                 default_waker: None,
             }),
+            senders: (0..=vcpus).map(|_| Sender::default()).collect(),
+            generation: AtomicU64::new(0),
             config,
             rr_cursor: AtomicUsize::new(0),
-            counters: Counters::default(),
+            rebuilds: AtomicU64::new(0),
         }
     }
 
@@ -628,7 +647,8 @@ impl Fabric {
             .collect();
         let map = Arc::new(RouteMap::build(&reg.identities, wakers));
         *self.map.write().unwrap_or_else(PoisonError::into_inner) = map;
-        self.counters.rebuilds.fetch_add(1, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Release);
+        self.rebuilds.fetch_add(1, Ordering::Relaxed);
     }
 
     #[inline]
@@ -666,8 +686,7 @@ impl Fabric {
         match msi::decode_with(address, data, self.config.msi) {
             Ok(m) => Ok(self.dispatch(None, &m.destination, m.interrupt, m.lowest_priority())),
             Err(e) => {
-                self.counters.messages.fetch_add(1, Ordering::Relaxed);
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                self.count(None, &Delivery::default());
                 Err(e)
             }
         }
@@ -704,14 +723,23 @@ impl Fabric {
 
     /// Counters.
     pub fn stats(&self) -> FabricStats {
-        let c = &self.counters;
-        FabricStats {
-            messages: c.messages.load(Ordering::Relaxed),
-            deliveries: c.deliveries.load(Ordering::Relaxed),
-            coalesced: c.coalesced.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed),
-            rebuilds: c.rebuilds.load(Ordering::Relaxed),
+        let mut st = FabricStats {
+            rebuilds: self.rebuilds.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        for s in self.senders.iter() {
+            let c = &s.counters;
+            st.messages += c.messages.load(Ordering::Relaxed);
+            st.deliveries += c.deliveries.load(Ordering::Relaxed);
+            st.coalesced += c.coalesced.load(Ordering::Relaxed);
+            st.dropped += c.dropped.load(Ordering::Relaxed);
         }
+        st
+    }
+
+    fn sender(&self, from: Option<usize>) -> &Sender {
+        let n = self.slots.len();
+        &self.senders[from.filter(|&f| f < n).unwrap_or(n)]
     }
 
     fn dispatch(
@@ -721,20 +749,41 @@ impl Fabric {
         irq: Interrupt,
         redirect: bool,
     ) -> Delivery {
-        let map = self.snapshot();
+        let generation = self.generation.load(Ordering::Acquire);
+        let d = match self.sender(from).cache.try_lock() {
+            Ok(mut cache) => {
+                let map = match &*cache {
+                    Some((g, map)) if *g == generation => map,
+                    _ => &cache.insert((generation, self.snapshot())).1,
+                };
+                self.dispatch_with(map, from, dest, irq, redirect)
+            }
+            // Re-entered from a wake callback, or devices on several
+            // threads at once: take the shared path.
+            Err(_) => self.dispatch_with(&self.snapshot(), from, dest, irq, redirect),
+        };
+        self.count(from, &d);
+        d
+    }
+
+    fn dispatch_with(
+        &self,
+        map: &Arc<RouteMap>,
+        from: Option<usize>,
+        dest: &Destination,
+        irq: Interrupt,
+        redirect: bool,
+    ) -> Delivery {
         let mut d = Delivery::default();
         let lowest = match irq.delivery_mode {
             DeliveryMode::LowestPriority => true,
             DeliveryMode::Fixed => redirect,
-            DeliveryMode::Reserved3 => {
-                self.count(&d);
-                return d;
-            }
+            DeliveryMode::Reserved3 => return d,
             _ => false,
         };
         if lowest {
-            if let Some(t) = self.arbitrate(&map, from, dest) {
-                self.post(&map, t, irq, &mut d);
+            if let Some(t) = self.arbitrate(map, from, dest) {
+                self.post(map, t, irq, &mut d);
             }
         } else if irq.delivery_mode == DeliveryMode::Init && !irq.is_init_deassert() {
             // INIT resets LDR, DFR and SVR: route by the post-INIT identity
@@ -742,19 +791,19 @@ impl Fabric {
             // targets to merge it (rare: boot, reset).
             let mut targets = Vec::new();
             map.for_each_target(from, dest, |t| targets.push(t));
-            let map = self.apply_init(&targets).unwrap_or(map);
+            let new_map = self.apply_init(&targets);
+            let map = new_map.as_ref().unwrap_or(map);
             for t in targets {
-                self.post(&map, t, irq, &mut d);
+                self.post(map, t, irq, &mut d);
             }
         } else {
-            map.for_each_target(from, dest, |t| self.post(&map, t, irq, &mut d));
+            map.for_each_target(from, dest, |t| self.post(map, t, irq, &mut d));
         }
-        self.count(&d);
         d
     }
 
-    fn count(&self, d: &Delivery) {
-        let c = &self.counters;
+    fn count(&self, from: Option<usize>, d: &Delivery) {
+        let c = &self.sender(from).counters;
         c.messages.fetch_add(1, Ordering::Relaxed);
         if d.targets == 0 {
             c.dropped.fetch_add(1, Ordering::Relaxed);

@@ -443,3 +443,43 @@ fn init_resets_ldr_and_the_fabric_follows() {
         .resolve(None, &Destination::logical(2, false))
         .is_empty());
 }
+
+#[test]
+fn wake_callback_may_send_and_reconfigure() {
+    use std::sync::{Arc, OnceLock, Weak};
+    let fabric = Arc::new(vlapic::fabric::Fabric::new(3));
+    let slot: Arc<OnceLock<Weak<vlapic::fabric::Fabric>>> = Arc::new(OnceLock::new());
+    slot.set(Arc::downgrade(&fabric)).unwrap();
+    let s2 = slot.clone();
+    // Waking vCPU 1 makes "vCPU 0" send again (re-entering the sender
+    // path) and re-registers vCPU 2's waker (a table rebuild).
+    fabric.set_waker(
+        1,
+        Some(Arc::new(move |_v: usize| {
+            let f = s2.get().unwrap().upgrade().unwrap();
+            let ipi = vlapic::Ipi {
+                source_id: 0,
+                destination: Destination::physical(2),
+                interrupt: Interrupt::fixed(0x77),
+            };
+            assert_eq!(f.send_ipi(0, &ipi).targets, 1);
+            f.set_waker(2, None);
+        })),
+    );
+    let mut apics: Vec<_> = (0..3).map(xapic).collect();
+    for (i, a) in apics.iter().enumerate() {
+        fabric.attach(i, a);
+    }
+    let ipi = vlapic::Ipi {
+        source_id: 0,
+        destination: Destination::physical(1),
+        interrupt: Interrupt::fixed(0x66),
+    };
+    assert_eq!(fabric.send_ipi(0, &ipi).posted, 1);
+    for (i, a) in apics.iter_mut().enumerate() {
+        fabric.sync(i, a);
+    }
+    assert!(apics[1].interrupt_registers().irr.contains(0x66));
+    assert!(apics[2].interrupt_registers().irr.contains(0x77));
+    assert_eq!(fabric.stats().messages, 2);
+}
