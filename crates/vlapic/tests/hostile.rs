@@ -1,0 +1,107 @@
+//! Hostile input on the stable toolchain: the fuzz targets' logic
+//! (`fuzz/targets/src`, shared with the libFuzzer binaries through
+//! `#[path]` includes) run on the committed seed corpus (`fuzz/seeds`) and
+//! on deterministic pseudo-random inputs (`HOSTILE_CASES`, default 2000 per
+//! target), plus minimal reproducers of the bugs the fuzzers found
+//! (`#[ignore]`d until fixed).
+//!
+//! Longer runs: `fuzz/run.sh` (nightly, cargo-fuzz).
+
+#[allow(dead_code)]
+#[path = "../../../fuzz/targets/src/input.rs"]
+mod input;
+
+#[allow(dead_code)]
+#[path = "../../../fuzz/targets/src/check.rs"]
+mod check;
+
+#[allow(dead_code)]
+#[path = "../../../fuzz/targets/src/lapic_ops.rs"]
+mod lapic_ops;
+
+#[allow(dead_code)]
+#[path = "../../../fuzz/targets/src/restore.rs"]
+mod restore;
+
+#[cfg(feature = "fabric")]
+#[allow(dead_code)]
+#[path = "../../../fuzz/targets/src/fabric.rs"]
+mod fabric;
+
+use std::path::PathBuf;
+use vlapic::{ApicConfig, LocalApic};
+
+fn cases() -> usize {
+    std::env::var("HOSTILE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
+fn seeds(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds").join(target)
+}
+
+fn replay(target: &str, seed: u64, max_len: usize, f: fn(&[u8])) {
+    let n = input::run_dir(&seeds(target), f);
+    assert!(n > 0, "no seeds for {target}");
+    input::run_random(seed, cases(), max_len, f);
+}
+
+#[test]
+fn lapic_ops_hostile() {
+    replay("lapic_ops", 1, 600, lapic_ops::run);
+}
+
+#[test]
+fn restore_hostile() {
+    // The structured half of the target (the JSON half needs serde_json:
+    // `cargo test --manifest-path fuzz/targets/Cargo.toml`).
+    replay("restore", 2, 600, |d| {
+        if let Some((&sel, rest)) = d.split_first() {
+            if sel & 1 == 0 {
+                restore::run(rest);
+            }
+        }
+    });
+}
+
+#[cfg(feature = "fabric")]
+#[test]
+fn fabric_hostile() {
+    replay("fabric", 3, 600, fabric::run);
+}
+
+// ---------------------------------------------------------------------
+// Bugs found by fuzzing: minimal reproducers.
+// ---------------------------------------------------------------------
+
+/// `host_set_apic_base` masks only bits 0-7 and 9, so a host write with a
+/// base at or above MAXPHYADDR is taken; `validate` (and so `restore`)
+/// refuses the resulting `save()`: the APIC cannot be migrated any more.
+#[test]
+#[ignore = "bug: host_set_apic_base accepts bits >= MAXPHYADDR that validate() refuses"]
+fn host_apic_base_above_maxphyaddr_breaks_save() {
+    let mut a = LocalApic::new(ApicConfig::new(0).with_bsp(true)); // MAXPHYADDR 46
+    let r = a.host_set_apic_base(0xFEE0_0900 | 1 << 50);
+    let s = a.save(0);
+    // Either the write is refused, or what it leaves can be restored.
+    assert!(r.is_err() || a.validate(&s).is_ok(), "{r:?} {:?}", a.validate(&s));
+}
+
+/// A host move x2APIC -> xAPIC (allowed for restore paths) keeps the
+/// 64-bit x2APIC ICR, whose destination has bits 23:0 set; in xAPIC mode
+/// `validate` requires ICR destination bits 23:0 to be 0, so `save()` is
+/// refused by `restore` (and the guest cannot clear those bits: ICR2
+/// writes only replace bits 31:24).
+#[test]
+#[ignore = "bug: host x2APIC->xAPIC keeps the 32-bit ICR destination; save() no longer validates"]
+fn host_x2apic_to_xapic_keeps_32bit_icr_destination() {
+    let mut a = LocalApic::new(ApicConfig::new(0).with_bsp(true));
+    a.mmio_write(0, 0xF0, &0x1FFu32.to_le_bytes());
+    a.write_apic_base(0, 0xFEE0_0D00).unwrap();
+    a.msr_write(0, 0x830, (0xFFu64 << 32) | 0x4030).unwrap();
+    a.host_set_apic_base(0xFEE0_0900).unwrap();
+    let s = a.save(0);
+    assert_eq!(a.validate(&s), Ok(()), "ICR {:#x}", s.icr);
+}
