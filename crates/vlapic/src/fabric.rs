@@ -573,7 +573,10 @@ impl Fabric {
     }
 
     /// Publishes the software-enable state and PPR that lowest-priority
-    /// arbitration reads. [`Fabric::sync`] calls it.
+    /// arbitration reads. [`Fabric::sync`] calls it; call it yourself
+    /// after [`LocalApic::acknowledge`] or a TPR change handled outside an
+    /// exit (CR8) if arbitration should see the new priority before the
+    /// next sync. A relaxed load and, only when changed, a relaxed store.
     #[inline]
     pub fn publish(&self, vcpu: usize, software_enabled: bool, ppr: u8) {
         let v = ppr as u32 | if software_enabled { 0 } else { ARB_INELIGIBLE };

@@ -213,3 +213,76 @@ fn free_running_no_loss_no_duplication() {
     assert_eq!(st.deliveries, targets.load(Ordering::Relaxed));
     assert_eq!(st.messages, (N * SENDS) as u64);
 }
+
+/// The embedder's halt loop: each vCPU thread syncs, takes what is
+/// pending, and parks when idle; its per-vCPU waker unparks it. A sender
+/// ping-pongs with every target (next IPI only after the previous one was
+/// taken), so every IPI needs a wake-up: a lost wake-up shows up as a park
+/// timeout.
+#[test]
+fn halted_vcpus_are_woken() {
+    use std::time::Duration;
+    const N: usize = 4;
+    const PER_TARGET: u64 = 300;
+    let fabric = Arc::new(Fabric::new(N + 1));
+    let taken: Arc<Vec<AtomicU64>> = Arc::new((0..N).map(|_| AtomicU64::new(0)).collect());
+    let timeouts = Arc::new(AtomicU64::new(0));
+    let ready = Arc::new(Barrier::new(N + 1));
+    let vcpus: Vec<_> = (0..N)
+        .map(|me| {
+            let (fabric, taken, timeouts, ready) = (
+                fabric.clone(),
+                taken.clone(),
+                timeouts.clone(),
+                ready.clone(),
+            );
+            thread::spawn(move || {
+                let mut apic = xapic(me as u32 + 1);
+                fabric.attach(me, &apic);
+                ready.wait();
+                while taken[me].load(Ordering::Relaxed) < PER_TARGET {
+                    fabric.sync(me, &mut apic);
+                    if apic.poll(0).interrupt.is_some() {
+                        apic.acknowledge();
+                        eoi(&mut apic);
+                        taken[me].fetch_add(1, Ordering::Release);
+                        continue;
+                    }
+                    // Halt: nothing to do. A post between the sync above
+                    // and here leaves an unpark token, so park returns.
+                    if !fabric.has_pending(me) {
+                        let t0 = std::time::Instant::now();
+                        thread::park_timeout(Duration::from_secs(5));
+                        if t0.elapsed() >= Duration::from_secs(5) {
+                            timeouts.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for (i, h) in vcpus.iter().enumerate() {
+        let t = h.thread().clone();
+        fabric.set_waker(i, Some(Arc::new(move |_v: usize| t.unpark())));
+    }
+    ready.wait();
+    // vCPU N is the sender (never a target here).
+    for round in 0..PER_TARGET {
+        for (target, count) in taken.iter().enumerate() {
+            let ipi = Ipi {
+                source_id: N as u32,
+                destination: Destination::physical(target as u8 + 1),
+                interrupt: Interrupt::fixed(0x40 + (round % 64) as u8),
+            };
+            let d = fabric.send_ipi(N, &ipi);
+            assert_eq!((d.targets, d.posted), (1, 1));
+            while count.load(Ordering::Acquire) <= round {
+                thread::yield_now();
+            }
+        }
+    }
+    for h in vcpus {
+        h.join().unwrap();
+    }
+    assert_eq!(timeouts.load(Ordering::Relaxed), 0);
+}

@@ -501,6 +501,34 @@ mod loom_tests {
         });
     }
 
+    /// A vector posted while an INIT is posted and a drain runs: it is
+    /// taken exactly once, or discarded by the INIT (which is then taken).
+    #[test]
+    fn loom_init_discards_or_keeps_vectors() {
+        loom::model(|| {
+            let inbox = Arc::new(Inbox::new());
+            let a = {
+                let inbox = inbox.clone();
+                thread::spawn(move || inbox.post(Interrupt::fixed(0x41)))
+            };
+            let b = {
+                let inbox = inbox.clone();
+                thread::spawn(move || inbox.post(Interrupt::of_mode(DeliveryMode::Init)))
+            };
+            let first = inbox.take();
+            assert_eq!(a.join().unwrap(), Posted::New);
+            b.join().unwrap();
+            let second = inbox.take();
+            let bit = 1u64 << 1;
+            let seen = (first.edge[1] & bit != 0) as u32 + (second.edge[1] & bit != 0) as u32;
+            assert!(seen <= 1);
+            if seen == 0 {
+                assert!((first.events | second.events) & EV_INIT != 0);
+            }
+            assert!((first.events | second.events) & EV_INIT != 0);
+        });
+    }
+
     /// A post racing a drain never leaves a bit behind with the pending
     /// flag clear.
     #[test]
