@@ -35,9 +35,10 @@ const ESR_NEVER: &str = "KVM never sets ESR error bits (no illegal-vector or ill
     detection) and so never raises LVT Error; SDM Vol. 3 'Error Handling' (ESR bits 5, 6, 7) \
     requires them";
 const HW_DISABLE: &str = "KVM keeps every register across hardware disable (EN=0) and re-enable \
-    (only the xAPIC ID is reset); SDM 'Enabling or Disabling the Local APIC' says the APIC may \
-    return to its power-up state and 'x2APIC State Transitions' resets it on a transition to \
-    disabled; the vlapic spec (section 2) chooses the reset";
+    (only the xAPIC ID is reset). The SDM leaves this undefined ('Enabling or Disabling the Local \
+    APIC': prior initialization may be lost; 'x2APIC Transitions From Disabled Mode': register \
+    state is not preserved across mode transitions); the vlapic spec (section 2) chooses a full \
+    reset. A design choice, not a KVM bug";
 const X2_RSVD: &str = "KVM masks reserved bits of x2APIC register writes instead of raising \
     #GP (it only checks bits 63:32); SDM 'Reserved Bit Checking' (x2APIC): non-zero writes to \
     reserved bits raise #GP";
@@ -124,9 +125,10 @@ pub const KNOWN_KVM_DEPARTURES: &[Departure] = &[
     },
     Departure {
         check: "logical cluster: cluster 0xF reaches that member of every cluster",
-        why: "KVM's cluster match requires an equal cluster ID (only 0xFF is a broadcast); the \
-              vlapic spec (section 6) treats cluster 0xF as all clusters, as the SDM's cluster \
-              model describes for 0xF",
+        why: "KVM matches the cluster ID exactly (only destination 0xFF is a broadcast); the vlapic \
+              spec (section 6) also treats cluster 0xF as all clusters (15 usable clusters, 0xF \
+              reserved as the broadcast cluster). The SDM only spells out the all-ones \
+              broadcast: a documented vlapic choice, not a proven KVM bug",
     },
 ];
 

@@ -292,14 +292,15 @@ fn common_ipis(n: usize, bcast: u32) {
     set_all(n, reg::TPR, |i| if i == 0 { 0 } else { 0xe0 });
     let nb: [u32; MAXC] = core::array::from_fn(|i| NMI[i].load(Relaxed));
     for t in 1..n {
-        apic::send_ipi(t as u32, apic::ICR_NMI);
+        // The vector field of an NMI is ignored.
+        apic::send_ipi(t as u32, apic::ICR_NMI | 0x33);
     }
     let nmi_ok = cpu::wait_us(100_000, || (1..n).all(|i| NMI[i].load(Relaxed) > nb[i]));
     cpu::delay_us(1000);
     ok(
-        "NMI IPI reaches each AP regardless of its TPR",
+        "NMI IPI reaches each AP regardless of its TPR and vector field",
         nmi_ok
-            && (1..n).all(|i| NMI[i].load(Relaxed) == nb[i] + 1)
+            && (1..n).all(|i| NMI[i].load(Relaxed) == nb[i] + 1 && got(i, 0x33) == 0)
             && NMI[0].load(Relaxed) == nb[0],
     );
     set_all(n, reg::TPR, |_| 0);
@@ -356,7 +357,7 @@ fn xapic_ipis(n: usize) {
     });
     ok(
         "logical cluster: cluster ID and member bits match",
-        ipi(n, 0x23, 1 << 11, 0x67, odd),
+        ipi(n, 0x2f, 1 << 11, 0x67, odd),
     );
     ok(
         "logical cluster: one member of one cluster",
@@ -419,6 +420,13 @@ fn init_sipi(n: usize) {
             && ENTRIES[t].load(Relaxed) == e0
             && cmd(t, OP_READ, reg::TPR, 0) == Some(0x20),
     );
+    // Software-disable the target: fixed IPIs are dropped, INIT and
+    // SIPI still work.
+    cmd(t, OP_WRITE, reg::SVR, 0xff);
+    ok(
+        "fixed IPI to a software-disabled AP is dropped",
+        ipi(n, t as u32, 0, 0x6f, |_| 0),
+    );
     apic::send_ipi(t as u32, apic::ICR_INIT | apic::ICR_ASSERT);
     cpu::delay_us(10_000);
     ok(
@@ -431,6 +439,7 @@ fn init_sipi(n: usize) {
         "SIPI starts the AP in real mode at CS = vector << 8",
         up && unsafe { core::ptr::read_volatile(marker) } == 0x77,
     );
+    ok("INIT and SIPI accepted while software-disabled", up);
     let e = |k: usize| EARLY[t][k].load(Relaxed);
     eq("INIT reset: TPR = 0", u64::from(e(1)), 0);
     eq("INIT reset: LVT timer = 0x10000", u64::from(e(5)), 0x10000);
