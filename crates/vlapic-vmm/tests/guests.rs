@@ -437,6 +437,7 @@ fn smp_startup_and_ipis() {
             );
             for line in [
                 "PASS: AP 1 restarted by INIT/SIPI/SIPI while running",
+                "PASS: ping-pong: 300 HLT-to-HLT round trips",
                 "PASS: every AP switched to x2APIC mode",
                 "PASS: every AP got an x2APIC physical IPI",
                 "PASS: BSP got an x2APIC IPI from every AP",

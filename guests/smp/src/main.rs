@@ -108,6 +108,61 @@ fn restart_ap() {
     );
 }
 
+/// 300 round trips BSP -> AP 1 -> BSP with both CPUs in HLT between
+/// messages: a lost wake-up would stall a round trip. A 10 ms periodic
+/// APIC timer tick on the BSP bounds each wait (100 ticks = give up) and
+/// counts round trips that needed it.
+fn ping_pong() {
+    const ROUNDS: u32 = 300;
+    let hv = cpu::cpuid(0x4000_0000, 0).eax;
+    let bus_khz = if hv >= 0x4000_0010 {
+        cpu::cpuid(0x4000_0010, 0).ebx
+    } else {
+        1_000_000
+    };
+    apic::write(apic::reg::TDCR, 0xb);
+    apic::write(apic::reg::LVT_TIMER, u32::from(TICK) | (1 << 17));
+    apic::write(apic::reg::TMICT, bus_khz * 10);
+    let t0 = cpu::rdtsc();
+    let (mut done, mut slow) = (0u32, 0u32);
+    for _ in 0..ROUNDS {
+        let before = idt::count(PONG);
+        let ticks = idt::count(TICK);
+        apic::send_ipi(1, u32::from(PING));
+        loop {
+            cpu::cli();
+            if idt::count(PONG) != before || idt::count(TICK) - ticks >= 100 {
+                cpu::sti();
+                break;
+            }
+            cpu::sti_hlt();
+        }
+        if idt::count(PONG) == before {
+            break;
+        }
+        done += 1;
+        if idt::count(TICK) - ticks >= 2 {
+            slow += 1;
+        }
+    }
+    apic::write(apic::reg::TMICT, 0);
+    let us = (cpu::rdtsc() - t0) * 1000 / cpu::tsc_khz();
+    out()
+        .s("ping-pong: ")
+        .dec(u64::from(done))
+        .s(" round trips in ")
+        .dec(us)
+        .s(" us, ")
+        .dec(u64::from(slow))
+        .s(" took >= 10 ms")
+        .nl();
+    check_eq(
+        "ping-pong: 300 HLT-to-HLT round trips BSP <-> AP 1",
+        u64::from(done),
+        u64::from(ROUNDS),
+    );
+}
+
 fn x2apic_phase(n: u32) {
     const NAMES: [&str; 5] = [
         "every AP switched to x2APIC mode (x2APIC ID = APIC ID)",
@@ -167,7 +222,15 @@ fn ap_main(apic_id: u32) {
     apic::send_ipi(0, u32::from(TO_BSP) + (apic_id & 0x3f));
 }
 
+/// Ping-pong BSP <-> AP 1, both halting between messages.
+const PING: u8 = 0x48;
+const PONG: u8 = 0x49;
+const TICK: u8 = 0x4a;
+
 fn hook(v: u8) {
+    if v == PING {
+        apic::send_ipi(0, u32::from(PONG));
+    }
     if v == TO_AP {
         if let Some(s) = GOT_AP_IPI.get(apic::id() as usize) {
             s.store(1, Relaxed);
@@ -225,6 +288,7 @@ pub fn guest_main(boot: &BootInfo) {
         all,
     );
     restart_ap();
+    ping_pong();
     x2apic_phase(n);
     cpu::cli();
 }
