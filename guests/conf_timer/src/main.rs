@@ -291,10 +291,15 @@ fn periodic() {
 }
 
 fn masked() {
-    clear();
-    apic::write(reg::LVT_TIMER, MASK | TV);
-    apic::write(reg::TMICT, counts(1_000_000) as u32);
-    let c1 = apic::read(reg::TMCCT);
+    let mut c1 = 0;
+    retry(3, || {
+        stop();
+        clear();
+        apic::write(reg::LVT_TIMER, MASK | TV);
+        apic::write(reg::TMICT, counts(1_000_000) as u32);
+        c1 = apic::read(reg::TMCCT);
+        c1 > 0
+    });
     cpu::delay_us(3000);
     ok("masked timer counts down", c1 > 0);
     eq(
@@ -448,29 +453,58 @@ fn deadline() {
     if !ok(NAMES[6], tn() == 1 && el < 5_000_000) {
         out().s("  elapsed ns ").dec(el).nl();
     }
-    clear();
-    cpu::wrmsr(m, cpu::rdtsc() + ms(3));
-    cpu::wrmsr(m, 0);
-    cpu::delay_us(8000);
+    // Each scenario below has a window (arm .. disarm) that host
+    // preemption can stretch past the deadline, which legitimately fires
+    // it: such tries are repeated (up to 3).
+    let quick = |t0: u64| conf::tsc_to_ns(cpu::rdtsc() - t0) < 1_000_000;
+    retry(3, || {
+        clear();
+        let t0 = cpu::rdtsc();
+        cpu::wrmsr(m, t0 + ms(3));
+        cpu::wrmsr(m, 0);
+        let q = quick(t0);
+        cpu::delay_us(8000);
+        q && tn() == 0
+    });
     eq(NAMES[7], u64::from(tn()), 0);
     eq(NAMES[8], cpu::rdmsr(m), 0);
-    clear();
-    let d1 = cpu::rdtsc() + ms(2);
-    cpu::wrmsr(m, d1);
-    let d2 = d1 + ms(4);
-    cpu::wrmsr(m, d2);
-    cpu::wait_us(50_000, || tn() >= 1);
-    cpu::delay_us(3000);
+    let mut d2 = 0;
+    retry(3, || {
+        clear();
+        let t0 = cpu::rdtsc();
+        let d1 = t0 + ms(2);
+        cpu::wrmsr(m, d1);
+        d2 = d1 + ms(4);
+        cpu::wrmsr(m, d2);
+        let q = quick(t0);
+        cpu::wait_us(50_000, || tn() >= 1);
+        cpu::delay_us(3000);
+        q && tn() == 1 && ts(0) + conf::ns_to_tsc(20_000) >= d2
+    });
     ok(NAMES[9], tn() == 1 && ts(0) + conf::ns_to_tsc(20_000) >= d2);
-    clear();
-    cpu::wrmsr(m, cpu::rdtsc() + ms(3));
-    apic::write(reg::LVT_TIMER, TV);
-    cpu::delay_us(8000);
+    retry(3, || {
+        clear();
+        apic::write(reg::LVT_TIMER, TV | DEADLINE);
+        let t0 = cpu::rdtsc();
+        cpu::wrmsr(m, t0 + ms(3));
+        apic::write(reg::LVT_TIMER, TV);
+        let q = quick(t0);
+        cpu::delay_us(8000);
+        q && tn() == 0 && cpu::rdmsr(m) == 0
+    });
     ok(NAMES[10], tn() == 0 && cpu::rdmsr(m) == 0);
-    apic::write(reg::TMICT, counts(3_000_000) as u32);
-    apic::write(reg::LVT_TIMER, TV | DEADLINE);
-    let ict = apic::read(reg::TMICT);
-    cpu::delay_us(8000);
+    let mut ict = 0;
+    retry(3, || {
+        clear();
+        apic::write(reg::LVT_TIMER, TV);
+        let t0 = cpu::rdtsc();
+        apic::write(reg::TMICT, counts(3_000_000) as u32);
+        apic::write(reg::LVT_TIMER, TV | DEADLINE);
+        let q = quick(t0);
+        ict = apic::read(reg::TMICT);
+        cpu::delay_us(8000);
+        q && ict == 0 && tn() == 0
+    });
     eq(NAMES[11], u64::from(ict), 0);
     eq(NAMES[12], u64::from(tn()), 0);
     apic::write(reg::LVT_TIMER, TV);
