@@ -136,6 +136,8 @@ fn hello_user_vlapic() {
                     "PASS: one-shot timer not early",
                     "PASS: periodic timer fired 3 times",
                     "PASS: NMI IPI to own APIC ID delivered with IF=0",
+                    "PASS: relocated APIC answers at the new base",
+                    "PASS: old APIC page does not decode after relocation",
                 ] {
                     assert!(so.contains(line), "{what}: {line}\n{so}");
                 }
@@ -163,6 +165,18 @@ fn hello_user_vlapic() {
             }
         }
     }
+}
+
+#[test]
+fn default_irqchip_is_vlapic() {
+    if !kvm_available() {
+        return;
+    }
+    let out = vmm(&["--kernel", &hello(), "--timeout", "60", "--stats"]);
+    assert_guest_passed(&out);
+    let se = text(&out.stderr);
+    assert!(se.contains("vlapic Stats {"), "{se}");
+    assert!(text(&out.stdout).contains("PASS: one-shot timer fired once"));
 }
 
 #[test]

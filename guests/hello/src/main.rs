@@ -128,6 +128,7 @@ pub fn guest_main(boot: &BootInfo) {
         skip("IA32_TSC_DEADLINE", "CPUID.1:ECX.TSC_DEADLINE is clear");
     }
     nmi_check();
+    relocation_check();
     timer_checks();
     x2apic_checks();
     cpu::cli();
@@ -388,5 +389,37 @@ fn nmi_check() {
         "NMI IPI to own APIC ID delivered with IF=0 (vector 2)",
         got.map_or(0xff, u64::from),
         2,
+    );
+}
+
+/// IA32_APIC_BASE moves the xAPIC MMIO window: the registers answer at
+/// the new base and the old page no longer decodes; moving back restores
+/// it.
+fn relocation_check() {
+    const NEW: u64 = 0xfed0_0000;
+    let base = apic::base_msr();
+    let id_old = unsafe { cpu::mmio_read32(apic::XAPIC_BASE + u64::from(reg::ID)) };
+    cpu::wrmsr(apic::MSR_APIC_BASE, (base & 0xfff) | NEW);
+    check_eq(
+        "APIC_BASE relocated to 0xfed00000",
+        apic::base_msr() & !0xfff,
+        NEW,
+    );
+    let id_new = unsafe { cpu::mmio_read32(NEW + u64::from(reg::ID)) };
+    let ver_new = unsafe { cpu::mmio_read32(NEW + u64::from(reg::VERSION)) } & 0xff;
+    let old = unsafe { cpu::mmio_read32(apic::XAPIC_BASE + u64::from(reg::VERSION)) };
+    cpu::wrmsr(apic::MSR_APIC_BASE, base);
+    check(
+        "relocated APIC answers at the new base (ID, version 0x14)",
+        id_new == id_old && ver_new == 0x14,
+    );
+    check(
+        "old APIC page does not decode after relocation",
+        old & 0xff != 0x14,
+    );
+    check_eq(
+        "APIC answers at the default base again after moving back",
+        u64::from(apic::read(reg::VERSION) & 0xff),
+        0x14,
     );
 }
