@@ -201,6 +201,14 @@ pub fn parse_output(out: &str) -> Vec<(String, Status)> {
     let mut seen: BTreeMap<String, u32> = BTreeMap::new();
     for line in out.lines() {
         let line = line.trim_end();
+        // Indented lines after a FAIL are its measurements.
+        if let (Some(extra), Some((_, Status::Fail(d)))) = (line.strip_prefix("  "), v.last_mut()) {
+            if !d.is_empty() {
+                d.push_str("; ");
+            }
+            d.push_str(extra.trim());
+            continue;
+        }
         let (name, st) = if let Some(r) = line.strip_prefix("PASS: ") {
             (r.to_string(), Status::Pass)
         } else if let Some(r) = line.strip_prefix("FAIL: ") {
@@ -689,7 +697,7 @@ mod tests {
     fn parses_lines() {
         let out = "hello\nPASS: xapic: a\nFAIL: xapic: b (got 0x1, want 0x0)\nFAIL: c\n\
                    SKIP: x2apic: d (CPUID.1:ECX.x2APIC is clear)\nPASS: xapic: a\n\
-                   FAIL: unexpected exception 13 at rip 0x1 error 0x0\n3 passed, 2 failed\n";
+                   FAIL: unexpected exception 13 at rip 0x1 error 0x0\n  more\n3 passed, 2 failed\n";
         let v = parse_output(out);
         assert_eq!(v[0], ("xapic: a".into(), Status::Pass));
         assert_eq!(
@@ -706,6 +714,7 @@ mod tests {
         );
         assert_eq!(v[4].0, "xapic: a #2");
         assert_eq!(v[5].0, "unexpected exception 13");
+        assert!(matches!(&v[5].1, Status::Fail(d) if d.ends_with("error 0x0; more")));
         assert_eq!(v.len(), 6);
     }
 

@@ -81,7 +81,7 @@ fn sample() -> Option<(u64, u32)> {
 /// was preempted.
 fn rate(div: u64, us: u64) -> (u64, u64) {
     let mut r = (0, 1);
-    for _ in 0..5 {
+    for _ in 0..10 {
         let Some((t1, c1)) = sample() else { continue };
         cpu::delay_us(us);
         let Some((t2, c2)) = sample() else { continue };
@@ -189,7 +189,7 @@ fn basics() {
     for (enc, div, name) in DIVS {
         apic::write(reg::TDCR, enc);
         apic::write(reg::TMICT, 0xffff_ffff);
-        let (got, want) = rate(div, 3000);
+        let (got, want) = rate(div, 5000);
         if !ok(name, near(got, want, 10)) {
             out().s("  counts ").dec(got).s(" want ").dec(want).nl();
         }
@@ -383,7 +383,7 @@ fn divide_change() {
         "divide change keeps the current count",
         c2 <= c1 && u64::from(c1 - c2) < counts(500_000),
     );
-    let (got, want) = rate(128, 3000);
+    let (got, want) = rate(128, 5000);
     if !ok(
         "divide change applies the new rate (15%)",
         near(got, want, 15),
