@@ -125,12 +125,18 @@ fn ap_main(id: u32) {
 /// Runs a command on AP `i` (woken by an IPI to APIC ID `dest`); returns
 /// its result or `None` on timeout.
 fn cmd_to(i: usize, dest: u32, op: u32, a: u32, b: u32) -> Option<u32> {
+    cmd_wake(i, dest, u32::from(WAKE), op, a, b)
+}
+
+/// [`cmd_to`] with ICR low `wake` as the wake-up IPI (an NMI reaches a
+/// software-disabled APIC).
+fn cmd_wake(i: usize, dest: u32, wake: u32, op: u32, a: u32, b: u32) -> Option<u32> {
     OP[i].store(op, Relaxed);
     A[i].store(a, Relaxed);
     B[i].store(b, Relaxed);
     let s = SEQ[i].load(Relaxed) + 1;
     SEQ[i].store(s, Relaxed);
-    apic::send_ipi(dest, u32::from(WAKE));
+    apic::send_ipi(dest, wake);
     cpu::wait_us(200_000, || DONE[i].load(Relaxed) == s).then(|| RES[i].load(Relaxed))
 }
 
@@ -348,6 +354,29 @@ fn xapic_ipis(n: usize) {
     ok(
         "lowest priority: the CPU with the lowest TPR gets it",
         got(lowest, 0x90) - b[lowest] == 1,
+    );
+    let lp = |v: u8| -> [u32; MAXC] {
+        let b = snap(v);
+        apic::send_ipi(0xff, (1 << 11) | (1 << 8) | u32::from(v));
+        cpu::wait_us(100_000, || (0..n).any(|i| got(i, v) > b[i]));
+        cpu::delay_us(3000);
+        core::array::from_fn(|i| got(i, v) - b[i])
+    };
+    set_all(n, reg::TPR, |_| 0);
+    let g = lp(0x91);
+    eq(
+        "lowest priority with equal priorities: exactly one CPU gets it",
+        u64::from(g.iter().sum::<u32>()),
+        1,
+    );
+    // A software-disabled APIC is not a candidate.
+    set_all(n, reg::TPR, |i| if i == lowest { 0x10 } else { 0x30 });
+    cmd(lowest, OP_WRITE, reg::SVR, 0xff);
+    let g = lp(0x92);
+    cmd_wake(lowest, lowest as u32, apic::ICR_NMI, OP_WRITE, reg::SVR, 0x1ff);
+    ok(
+        "lowest priority skips a software-disabled APIC",
+        g.iter().sum::<u32>() == 1 && g[lowest] == 0,
     );
     set_all(n, reg::TPR, |_| 0);
     // Logical cluster: cluster 1 + (i & 1), member bit i >> 1.
