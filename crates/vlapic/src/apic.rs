@@ -1061,9 +1061,16 @@ impl LocalApic {
                         self.send_ipi()
                     }
                     Register::SelfIpi => {
-                        // SDM 11.12.11: a self IPI is "received": an
-                        // illegal vector sets ESR bit 6.
-                        self.accept(Interrupt::fixed(low as u8));
+                        // SDM 11.5.3 / x2APIC spec 2.3.5: a SELF IPI write
+                        // with an illegal vector sets "send illegal vector"
+                        // and sends nothing.
+                        let vector = low as u8;
+                        if vector < 16 {
+                            self.stats.illegal_vector += 1;
+                            self.error(esr::SEND_ILLEGAL_VECTOR);
+                        } else {
+                            self.accept(Interrupt::fixed(vector));
+                        }
                         None
                     }
                     _ => self.write_common(now, reg, low),

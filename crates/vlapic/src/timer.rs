@@ -47,14 +47,26 @@ impl TimeBase {
     }
 
     /// First instant (ns) at which the guest TSC reaches `tsc` (0 if it
-    /// already has at time 0).
+    /// already has at time 0). TSC values compare modulo 2^64 within
+    /// +-2^63 ticks, so an offset that wrapped (a guest TSC that started
+    /// after the embedder's time 0) works.
     #[inline]
     pub fn ns_at_tsc(&self, tsc: u64) -> u64 {
-        if tsc <= self.tsc_offset {
+        let ticks = tsc.wrapping_sub(self.tsc_offset) as i64;
+        if ticks <= 0 {
             return 0;
         }
-        let ticks = (tsc - self.tsc_offset) as u128;
-        sat64(div_ceil(ticks * NS_PER_SEC, self.tsc_hz.max(1) as u128))
+        sat64(div_ceil(
+            ticks as u128 * NS_PER_SEC,
+            self.tsc_hz.max(1) as u128,
+        ))
+    }
+
+    /// Whether the guest TSC at `now_ns` has reached `tsc` (modulo 2^64,
+    /// within +-2^63 ticks).
+    #[inline]
+    pub fn tsc_reached(&self, now_ns: u64, tsc: u64) -> bool {
+        self.tsc_at(now_ns).wrapping_sub(tsc) as i64 >= 0
     }
 
     /// Bus cycles in `ns` nanoseconds (rounded up).
@@ -213,7 +225,7 @@ impl ApicTimer {
     pub fn advance(&mut self, tb: &TimeBase, now: u64) -> bool {
         match self.mode {
             TimerMode::TscDeadline => {
-                if self.tsc_deadline != 0 && tb.tsc_at(now) >= self.tsc_deadline {
+                if self.tsc_deadline != 0 && tb.tsc_reached(now, self.tsc_deadline) {
                     self.tsc_deadline = 0;
                     return true;
                 }
@@ -466,6 +478,23 @@ mod tests {
         let mut o = timer(TimerMode::OneShot);
         o.write_tsc_deadline(5);
         assert_eq!(o.tsc_deadline(), 0);
+    }
+
+    #[test]
+    fn tsc_deadline_with_wrapped_offset() {
+        // The guest TSC started 1 ms after the embedder's time 0.
+        let tb = TimeBase {
+            bus_hz: 1_000_000_000,
+            tsc_hz: 1_000_000_000,
+            tsc_offset: 0u64.wrapping_sub(1_000_000),
+        };
+        let mut t = ApicTimer::new(0);
+        t.set_mode(&tb, 0, TimerMode::TscDeadline);
+        t.write_tsc_deadline(2_000_000);
+        assert_eq!(t.next_expiry(&tb), Some(3_000_000));
+        assert!(!t.advance(&tb, 0), "not fired at time 0");
+        assert!(!t.advance(&tb, 2_999_999));
+        assert!(t.advance(&tb, 3_000_000));
     }
 
     #[test]

@@ -39,7 +39,9 @@ fn cases() -> usize {
 }
 
 fn seeds(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds").join(target)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/seeds")
+        .join(target)
 }
 
 fn replay(target: &str, seed: u64, max_len: usize, f: fn(&[u8])) {
@@ -86,7 +88,11 @@ fn host_apic_base_above_maxphyaddr_breaks_save() {
     let r = a.host_set_apic_base(0xFEE0_0900 | 1 << 50);
     let s = a.save(0);
     // Either the write is refused, or what it leaves can be restored.
-    assert!(r.is_err() || a.validate(&s).is_ok(), "{r:?} {:?}", a.validate(&s));
+    assert!(
+        r.is_err() || a.validate(&s).is_ok(),
+        "{r:?} {:?}",
+        a.validate(&s)
+    );
 }
 
 /// A host move x2APIC -> xAPIC (allowed for restore paths) keeps the

@@ -172,11 +172,17 @@ fn illegal_vector_receive_sets_esr_bit_6_and_is_not_latched() {
     a.accept(Interrupt::fixed(3));
     assert!(a.interrupt_registers().irr.is_empty());
     assert_eq!(esr(&mut a), RECEIVE_ILLEGAL_VECTOR);
+}
+
+#[test]
+fn x2apic_self_ipi_with_illegal_vector_is_a_send_error() {
+    // SDM 11.5.3: "a write to the ICR ... or to SELF IPI register (x2APIC
+    // mode only) with an illegal vector" sets Send Illegal Vector.
     let mut x = x2apic(0);
     x.msr_write(0, 0x83F, 0x0E).unwrap();
     assert!(x.interrupt_registers().irr.is_empty());
     x.msr_write(0, msr(ESR), 0).unwrap();
-    assert_eq!(x.msr_read(0, msr(ESR)), Ok(RECEIVE_ILLEGAL_VECTOR as u64));
+    assert_eq!(x.msr_read(0, msr(ESR)), Ok(SEND_ILLEGAL_VECTOR as u64));
 }
 
 #[test]
