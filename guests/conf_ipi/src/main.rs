@@ -76,9 +76,27 @@ fn nmi() {
     }
 }
 
+/// What an AP restarted by INIT/SIPI in x2APIC mode saw (see
+/// `x2apic_init`): APIC_BASE, ID, LDR, TPR, SVR, LVT timer; and a count.
+static X2INIT: [AtomicU32; 6] = [const { AtomicU32::new(0) }; 6];
+static X2INIT_N: AtomicU32 = AtomicU32::new(0);
+
 fn early(id: u32) {
     let i = id as usize;
     if i >= MAXC {
+        // The trampoline reads the ID through the xAPIC window, which
+        // does not decode in x2APIC mode (all ones: ID 0xFF): an AP
+        // restarted in x2APIC mode lands here.
+        if apic::is_x2apic() {
+            for (k, r) in [reg::ID, reg::LDR, reg::TPR, reg::SVR, reg::LVT_TIMER]
+                .iter()
+                .enumerate()
+            {
+                X2INIT[k + 1].store(apic::read(*r), Relaxed);
+            }
+            X2INIT[0].store(apic::base_msr() as u32, Relaxed);
+            X2INIT_N.store(X2INIT_N.load(Relaxed) + 1, Relaxed);
+        }
         return;
     }
     for (k, r) in EARLY_REGS.iter().enumerate() {
@@ -529,4 +547,27 @@ fn x2apic_ipis(n: usize) {
         "x2APIC physical to an absent ID reaches nobody",
         ipi(n, 0x100, 0, 0x67, |_| 0),
     );
+    x2apic_init(n);
+}
+
+/// INIT in x2APIC mode keeps the mode, the 32-bit ID and the LDR and
+/// resets the rest. The restarted AP cannot find its ID (see `early`)
+/// and stays idle afterwards, so this runs last.
+fn x2apic_init(n: usize) {
+    let t = n - 1;
+    cmd(t, OP_WRITE, reg::TPR, 0x20);
+    cmd(t, OP_WRITE, reg::LVT_TIMER, 0x31);
+    let n0 = X2INIT_N.load(Relaxed);
+    apic::send_ipi(t as u32, apic::ICR_INIT | apic::ICR_ASSERT);
+    cpu::delay_us(10_000);
+    apic::send_ipi(t as u32, apic::ICR_STARTUP | 0x08);
+    let up = cpu::wait_us(500_000, || X2INIT_N.load(Relaxed) > n0);
+    let g = |k: usize| if up { u64::from(X2INIT[k].load(Relaxed)) } else { 0xdead };
+    ok("x2APIC INIT/SIPI restarts the AP", up);
+    eq("x2APIC INIT keeps x2APIC mode (EN, EXTD)", g(0) & 0xc00, 0xc00);
+    eq("x2APIC INIT keeps the 32-bit ID", g(1), t as u64);
+    eq("x2APIC INIT keeps the LDR", g(2), 1 << t);
+    eq("x2APIC INIT resets TPR", g(3), 0);
+    eq("x2APIC INIT resets SVR to 0xFF", g(4), 0xff);
+    eq("x2APIC INIT resets the LVT timer", g(5), 0x10000);
 }
