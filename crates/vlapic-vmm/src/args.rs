@@ -16,12 +16,20 @@ pub enum IrqchipMode {
     /// Userspace, with the minimal [`crate::lapic_backend::StubLapic`]
     /// (plumbing tests only: no timer, no NMI).
     Stub,
+    /// KVM's in-kernel LAPIC with this VMM's IOAPIC
+    /// (`KVM_CAP_SPLIT_IRQCHIP`).
+    Split,
 }
 
 impl IrqchipMode {
-    /// Whether the LAPIC lives in userspace (no `KVM_CREATE_IRQCHIP`).
+    /// Whether the LAPIC lives in userspace (no in-kernel LAPIC).
     pub fn is_userspace(self) -> bool {
-        self != IrqchipMode::Kernel
+        matches!(self, IrqchipMode::User | IrqchipMode::Stub)
+    }
+
+    /// Whether the IOAPIC is this VMM's (`vioapic`): user and split.
+    pub fn has_user_ioapic(self) -> bool {
+        matches!(self, IrqchipMode::User | IrqchipMode::Split)
     }
 }
 
@@ -78,6 +86,9 @@ pub struct Config {
     pub cmdline: String,
     /// Stop the VM after this long (exit status [`crate::EXIT_TIMEOUT`]).
     pub timeout: Option<Duration>,
+    /// Version of this VMM's IOAPIC (user and split modes); 0x20 (with
+    /// the EOI register) also makes the LAPIC offer suppress-EOI-broadcast.
+    pub ioapic_version: vioapic::IoApicVersion,
 }
 
 impl Default for Config {
@@ -96,6 +107,7 @@ impl Default for Config {
             tsc_deadline: true,
             cmdline: String::new(),
             timeout: None,
+            ioapic_version: vioapic::IoApicVersion::V20,
         }
     }
 }
@@ -110,8 +122,12 @@ usage: vlapic-vmm --kernel PATH [options]
   --flat-addr ADDR         load/entry address of a flat binary (default 0x7c00)
   --memory MIB             guest RAM in MiB (default 64)
   --cpus N                 number of vCPUs (default 1, max 255)
-  --irqchip kernel|user|stub   KVM in-kernel LAPIC, userspace vlapic LAPIC
-                           (default user), or the minimal stub LAPIC
+  --irqchip kernel|user|split|stub   KVM in-kernel LAPIC and IOAPIC,
+                           userspace vlapic LAPIC + vioapic IOAPIC (default
+                           user), KVM's LAPIC with the vioapic IOAPIC
+                           (split), or the minimal stub LAPIC
+  --ioapic-version 0x11|0x20   IOAPIC version for user/split (default 0x20:
+                           EOI register, LAPIC suppress-EOI-broadcast offered)
   --serial stdout|file:PATH|none   COM1 output (default stdout)
   --x2apic on|off          offer x2APIC in CPUID (default on)
   --tsc-deadline on|off    offer the TSC-deadline timer in CPUID (default on)
@@ -212,9 +228,21 @@ where
                     "kernel" => IrqchipMode::Kernel,
                     "user" => IrqchipMode::User,
                     "stub" => IrqchipMode::Stub,
+                    "split" => IrqchipMode::Split,
                     v => {
                         return Err(Error::Args(format!(
-                            "--irqchip: expected kernel|user|stub, got {v:?}"
+                            "--irqchip: expected kernel|user|split|stub, got {v:?}"
+                        )))
+                    }
+                }
+            }
+            "--ioapic-version" => {
+                cfg.ioapic_version = match parse_u64("--ioapic-version", &value(&mut it)?)? {
+                    0x11 => vioapic::IoApicVersion::V11,
+                    0x20 => vioapic::IoApicVersion::V20,
+                    v => {
+                        return Err(Error::Args(format!(
+                            "--ioapic-version: expected 0x11 or 0x20, got {v:#x}"
                         )))
                     }
                 }
@@ -280,6 +308,10 @@ mod tests {
         assert_eq!(c.irqchip, IrqchipMode::User);
         assert_eq!(c.serial, SerialOut::Stdout);
         assert!(c.x2apic && c.tsc_deadline && !c.trace);
+        assert_eq!(c.ioapic_version, vioapic::IoApicVersion::V20);
+        let c = run(&["--kernel", "k", "--irqchip", "split", "--ioapic-version", "0x11"]).unwrap();
+        assert_eq!(c.irqchip, IrqchipMode::Split);
+        assert_eq!(c.ioapic_version, vioapic::IoApicVersion::V11);
     }
 
     #[test]
@@ -326,7 +358,8 @@ mod tests {
         assert!(run(&["--kernel"]).is_err());
         assert!(run(&["--kernel", "k", "--cpus", "0"]).is_err());
         assert!(run(&["--kernel", "k", "--cpus", "x"]).is_err());
-        assert!(run(&["--kernel", "k", "--irqchip", "split"]).is_err());
+        assert!(run(&["--kernel", "k", "--irqchip", "splat"]).is_err());
+        assert!(run(&["--kernel", "k", "--ioapic-version", "0x12"]).is_err());
         assert!(run(&["--kernel", "k", "--serial", "file:"]).is_err());
         assert!(run(&["--kernel", "k", "--bogus"]).is_err());
         assert!(run(&["--kernel", "k", "--x2apic", "maybe"]).is_err());

@@ -12,6 +12,7 @@ use vmm_sys_util::ioctl::ioctl_with_ref;
 
 use crate::boot;
 use crate::control::{Action, RunState, ThreadRunGuard, VcpuControl, Wake};
+use crate::devices::ioapic::IoApicDevice;
 use crate::devices::IoEvent;
 use crate::lapic_backend::{is_lapic_msr, LapicBackend, APIC_MMIO_SIZE};
 use crate::vm::{Outcome, VmShared};
@@ -426,12 +427,13 @@ impl VcpuThread {
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 let lapic = self.lapic.as_mut().filter(|l| in_apic_page(l.mmio_base(), addr));
-                match lapic {
-                    Some(l) => {
+                match (lapic, &vm.ioapic) {
+                    (Some(l), _) => {
                         let base = l.mmio_base().unwrap_or(0);
                         l.mmio_read(now, addr - base, data);
                     }
-                    None => data.fill(0xff),
+                    (None, Some(io)) if IoApicDevice::claims(addr) => io.mmio_read(addr, data),
+                    _ => data.fill(0xff),
                 }
                 if trace {
                     eprintln!("[vcpu{idx}] mmio read {addr:#x} -> {data:02x?}");
@@ -443,9 +445,13 @@ impl VcpuThread {
                     eprintln!("[vcpu{idx}] mmio write {addr:#x} <- {data:02x?}");
                 }
                 let lapic = self.lapic.as_mut().filter(|l| in_apic_page(l.mmio_base(), addr));
-                if let Some(l) = lapic {
-                    let base = l.mmio_base().unwrap_or(0);
-                    l.mmio_write(now, addr - base, data);
+                match (lapic, &vm.ioapic) {
+                    (Some(l), _) => {
+                        let base = l.mmio_base().unwrap_or(0);
+                        l.mmio_write(now, addr - base, data);
+                    }
+                    (None, Some(io)) if IoApicDevice::claims(addr) => io.mmio_write(addr, data),
+                    _ => {}
                 }
                 ("mmio_write", Next::Continue)
             }
@@ -483,6 +489,15 @@ impl VcpuThread {
                 ("hlt", if self.lapic.is_some() { Next::Halt } else { Next::Continue })
             }
             Ok(VcpuExit::IrqWindowOpen) => ("irq_window", Next::Continue),
+            Ok(VcpuExit::IoapicEoi(vector)) => {
+                if trace {
+                    eprintln!("[vcpu{idx}] ioapic EOI exit vector {vector:#04x}");
+                }
+                if let Some(io) = &vm.ioapic {
+                    io.eoi(vector);
+                }
+                ("ioapic_eoi", Next::Continue)
+            }
             Ok(VcpuExit::Intr) => ("intr", Next::Continue),
             Ok(VcpuExit::Shutdown) => (
                 "shutdown",

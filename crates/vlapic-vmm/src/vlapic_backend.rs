@@ -48,7 +48,7 @@ use vlapic::{ApicConfig, LocalApic, Message};
 use crate::lapic_backend::{BackendContext, BackendFactory, Gp, LapicBackend, Pending};
 
 /// Receives level-triggered EOI broadcasts: `(vcpu, vector)`. The IOAPIC
-/// will clear remote IRR here.
+/// clears remote IRR here (`devices::ioapic::IoApicDevice::eoi`).
 pub type EoiHook = Arc<dyn Fn(usize, u8) + Send + Sync>;
 
 /// Per-vCPU counters of LAPIC traffic.
@@ -136,7 +136,18 @@ fn warn_once(flag: &AtomicBool, msg: impl FnOnce() -> String) {
 impl VlapicBackend {
     /// The LAPIC of vCPU `ctx.cpu`, attached to `fabric`.
     pub fn new(ctx: &BackendContext, fabric: Arc<Fabric>, eoi_hook: Option<EoiHook>) -> Self {
-        let apic = LocalApic::new(apic_config(ctx));
+        Self::with_config(ctx, apic_config(ctx), fabric, eoi_hook)
+    }
+
+    /// [`VlapicBackend::new`] with an explicit [`ApicConfig`] (e.g.
+    /// [`apic_config`] plus `with_suppress_eoi_broadcast`).
+    pub fn with_config(
+        ctx: &BackendContext,
+        config: ApicConfig,
+        fabric: Arc<Fabric>,
+        eoi_hook: Option<EoiHook>,
+    ) -> Self {
+        let apic = LocalApic::new(config);
         let cpu = ctx.cpu as usize;
         fabric.attach(cpu, &apic);
         VlapicBackend {
@@ -153,8 +164,13 @@ impl VlapicBackend {
     /// A fabric for the vCPUs of `ctx` whose wake callback is
     /// [`crate::control::VcpuControl::wake`].
     pub fn new_fabric(ctx: &BackendContext) -> Arc<Fabric> {
-        let fabric = Arc::new(Fabric::new(ctx.vcpus.len()));
-        let vcpus = ctx.vcpus.clone();
+        Self::fabric_for(ctx.vcpus.clone())
+    }
+
+    /// A fabric for `vcpus` whose wake callback is
+    /// [`crate::control::VcpuControl::wake`].
+    pub fn fabric_for(vcpus: Arc<Vec<Arc<crate::control::VcpuControl>>>) -> Arc<Fabric> {
+        let fabric = Arc::new(Fabric::new(vcpus.len()));
         fabric.set_default_waker(Arc::new(move |i: usize| {
             if let Some(v) = vcpus.get(i) {
                 v.wake();
@@ -174,6 +190,26 @@ impl VlapicBackend {
         Arc::new(move |ctx| {
             let fabric = shared.get_or_init(|| Self::new_fabric(ctx)).clone();
             Box::new(VlapicBackend::new(ctx, fabric, hook.clone())) as Box<dyn LapicBackend>
+        })
+    }
+
+    /// A factory whose backends share `fabric` (which devices such as the
+    /// IOAPIC also deliver into), pass EOI broadcasts to `hook`, and offer
+    /// suppress-EOI-broadcast (LAPIC version bit 24) if asked: only pair
+    /// that with an IOAPIC that has an EOI register (version 0x20).
+    pub fn factory_with(
+        fabric: Arc<Fabric>,
+        hook: Option<EoiHook>,
+        suppress_eoi_broadcast: bool,
+    ) -> BackendFactory {
+        Arc::new(move |ctx| {
+            let cfg = apic_config(ctx).with_suppress_eoi_broadcast(suppress_eoi_broadcast);
+            Box::new(VlapicBackend::with_config(
+                ctx,
+                cfg,
+                fabric.clone(),
+                hook.clone(),
+            )) as Box<dyn LapicBackend>
         })
     }
 

@@ -16,7 +16,8 @@ use crate::boot;
 use crate::control::{install_kick_handler, Clock, RunState, TimerService, VcpuControl};
 use crate::cpuid::{self, CpuidParams};
 use crate::devices::fw_cfg::FwCfg;
-use crate::devices::serial::new_serial;
+use crate::devices::ioapic::{IoApicDevice, IoApicSink, IrqLines, Lines, IOAPIC_PINS};
+use crate::devices::serial::new_serial_with_irq;
 use crate::devices::IoBus;
 use crate::error::{kvm, Error, Result};
 use crate::lapic_backend::{
@@ -25,7 +26,7 @@ use crate::lapic_backend::{
 use crate::layout;
 use crate::loader;
 use crate::vcpu::{VcpuStats, VcpuThread};
-use crate::vlapic_backend::VlapicBackend;
+use crate::vlapic_backend::{EoiHook, VlapicBackend};
 
 /// Process exit status on `--timeout`.
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -57,6 +58,9 @@ pub struct VmShared {
     pub timers: Option<Arc<TimerService>>,
     /// All vCPU control blocks.
     pub vcpus: Arc<Vec<Arc<VcpuControl>>>,
+    /// This VMM's IOAPIC (`--irqchip user` with the vlapic backend, and
+    /// `--irqchip split`).
+    pub ioapic: Option<Arc<IoApicDevice>>,
     outcome: Mutex<(Option<Outcome>, usize)>,
     done: Condvar,
 }
@@ -162,6 +166,52 @@ pub fn setup_userspace_lapic(vm: &VmFd) -> Result<()> {
     Ok(())
 }
 
+/// `KVM_CAP_X2APIC_API` flags (Linux 6.18+, not in kvm-bindings 0.14):
+/// make the in-kernel LAPIC offer and honour suppress-EOI-broadcast, or
+/// neither (without either, KVM offers it with a split irqchip but still
+/// exits with `KVM_EXIT_IOAPIC_EOI` on a directed EOI).
+pub const KVM_X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST: u64 = 1 << 2;
+/// See [`KVM_X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST`].
+pub const KVM_X2APIC_DISABLE_SUPPRESS_EOI_BROADCAST: u64 = 1 << 3;
+
+/// Split irqchip: KVM's LAPICs, no in-kernel PIC/IOAPIC, `pins` GSIs
+/// reserved for this VMM's IOAPIC (their MSI routes tell KVM which EOIs to
+/// forward as `KVM_EXIT_IOAPIC_EOI`). Suppress-EOI-broadcast is offered
+/// only with an IOAPIC that has an EOI register, when KVM can control it.
+pub fn setup_split_irqchip(
+    kvm_sys: &Kvm,
+    vm: &VmFd,
+    pins: u8,
+    version: vioapic::IoApicVersion,
+    trace: bool,
+) -> Result<()> {
+    let mut cap = kvm_enable_cap {
+        cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
+        ..Default::default()
+    };
+    cap.args[0] = u64::from(pins);
+    vm.enable_cap(&cap)
+        .map_err(kvm("enabling KVM_CAP_SPLIT_IRQCHIP"))?;
+    let x2api = kvm_sys.check_extension_raw(u64::from(kvm_bindings::KVM_CAP_X2APIC_API)) as u64;
+    let flag = if version.has_eoi_register() {
+        KVM_X2APIC_ENABLE_SUPPRESS_EOI_BROADCAST
+    } else {
+        KVM_X2APIC_DISABLE_SUPPRESS_EOI_BROADCAST
+    };
+    if x2api & flag != 0 {
+        let mut cap = kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_X2APIC_API,
+            ..Default::default()
+        };
+        cap.args[0] = flag;
+        vm.enable_cap(&cap)
+            .map_err(kvm("enabling KVM_CAP_X2APIC_API (suppress EOI broadcast)"))?;
+    } else if trace {
+        eprintln!("vlapic-vmm: KVM cannot control suppress-EOI-broadcast (X2APIC_API {x2api:#x})");
+    }
+    Ok(())
+}
+
 /// Prints `log` records (vlapic's rejected-access messages, at debug
 /// level) to stderr with `--trace`.
 struct TraceLogger;
@@ -238,7 +288,7 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
     let kvm_sys = open_kvm()?;
     install_kick_handler()
         .map_err(|e| Error::Io("installing the kick signal handler".into(), e))?;
-    let vm = kvm_sys.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
+    let vm = Arc::new(kvm_sys.create_vm().map_err(kvm("KVM_CREATE_VM"))?);
     setup_memory(&vm, &mem)?;
     if let Err(e) = vm.set_tss_address(0xfffb_d000) {
         if cfg.trace {
@@ -246,8 +296,12 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
         }
     }
     match cfg.irqchip {
-        IrqchipMode::Kernel => {
-            vm.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
+        IrqchipMode::Kernel | IrqchipMode::Split => {
+            if cfg.irqchip == IrqchipMode::Kernel {
+                vm.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
+            } else {
+                setup_split_irqchip(&kvm_sys, &vm, IOAPIC_PINS, cfg.ioapic_version, cfg.trace)?;
+            }
             if cfg.tsc_deadline && !kvm_sys.check_extension(Cap::TscDeadlineTimer) {
                 eprintln!(
                     "vlapic-vmm: warning: KVM has no TSC-deadline timer; CPUID offers it anyway"
@@ -263,10 +317,6 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
             }
         }
     }
-    let factory = factory.unwrap_or_else(|| match cfg.irqchip {
-        IrqchipMode::Stub => StubLapic::factory(),
-        _ => VlapicBackend::factory(),
-    });
     let supported = kvm_sys
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
@@ -286,6 +336,45 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
             })
             .collect(),
     );
+    // The IOAPIC: ours (user mode with the vlapic backend: into its
+    // fabric; split: KVM_SIGNAL_MSI), or KVM's (kernel mode).
+    let custom_factory = factory.is_some();
+    let mut fabric = None;
+    let ioapic = match cfg.irqchip {
+        IrqchipMode::User if !custom_factory => {
+            let f = VlapicBackend::fabric_for(controls.clone());
+            fabric = Some(f.clone());
+            Some(Arc::new(IoApicDevice::new(
+                cfg.ioapic_version,
+                IoApicSink::Fabric(f),
+                cfg.trace,
+            )))
+        }
+        IrqchipMode::Split => Some(Arc::new(IoApicDevice::new(
+            cfg.ioapic_version,
+            IoApicSink::Kvm(vm.clone()),
+            cfg.trace,
+        ))),
+        _ => None,
+    };
+    let lines = match (&ioapic, cfg.irqchip) {
+        (Some(io), _) => Some(Arc::new(Lines::new(IrqLines::IoApic(io.clone())))),
+        (None, IrqchipMode::Kernel) => Some(Arc::new(Lines::new(IrqLines::Kvm(vm.clone())))),
+        _ => None,
+    };
+    let factory = factory.unwrap_or_else(|| match (cfg.irqchip, &fabric, &ioapic) {
+        (IrqchipMode::Stub, _, _) => StubLapic::factory(),
+        (_, Some(f), Some(io)) => {
+            let io = io.clone();
+            let hook: EoiHook = Arc::new(move |_cpu, vector| io.eoi(vector));
+            VlapicBackend::factory_with(
+                f.clone(),
+                Some(hook),
+                cfg.ioapic_version.has_eoi_register(),
+            )
+        }
+        _ => VlapicBackend::factory(),
+    });
     let timers = cfg
         .irqchip
         .is_userspace()
@@ -295,17 +384,22 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
         .iter()
         .find(|e| e.function == 0x8000_0008)
         .map_or(46, |e| (e.eax & 0xff) as u8);
+    let mut bus = IoBus::new(
+        new_serial_with_irq(open_serial(&cfg.serial)?, lines.clone()),
+        FwCfg::new(ram, cfg.cpus as u16),
+    );
+    if let Some(l) = &lines {
+        bus = bus.with_irq_test_port(l.clone());
+    }
     let shared = Arc::new(VmShared {
-        bus: IoBus::new(
-            new_serial(open_serial(&cfg.serial)?),
-            FwCfg::new(ram, cfg.cpus as u16),
-        ),
+        bus,
         mem: mem.clone(),
         clock,
         irqchip: cfg.irqchip,
         trace: cfg.trace,
         timers: timers.clone(),
         vcpus: controls.clone(),
+        ioapic: ioapic.clone(),
         outcome: Mutex::new((None, cfg.cpus as usize)),
         done: Condvar::new(),
     });
@@ -478,6 +572,9 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
                     eprintln!("vlapic-vmm: {l}");
                 }
             }
+        }
+        if let Some(io) = &ioapic {
+            eprintln!("vlapic-vmm: {}", io.report());
         }
     }
     match outcome {

@@ -1,9 +1,10 @@
 //! Port-I/O dispatch.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::debug_exit::{exit_status, DEBUG_EXIT_PORT};
 use super::fw_cfg::{FwCfg, FW_CFG_PORT_DATA, FW_CFG_PORT_SEL};
+use super::ioapic::{Lines, IRQ_TEST_PORT};
 use super::serial::{SerialDevice, COM1_BASE, COM1_LEN};
 
 /// Something the VM as a whole must react to after a port access.
@@ -18,6 +19,7 @@ pub enum IoEvent {
 pub struct IoBus {
     serial: Mutex<SerialDevice>,
     fw_cfg: Mutex<FwCfg>,
+    irq_lines: Option<Arc<Lines>>,
 }
 
 impl IoBus {
@@ -26,7 +28,14 @@ impl IoBus {
         IoBus {
             serial: Mutex::new(serial),
             fw_cfg: Mutex::new(fw_cfg),
+            irq_lines: None,
         }
+    }
+
+    /// Adds the IRQ test port ([`IRQ_TEST_PORT`]) driving `lines`.
+    pub fn with_irq_test_port(mut self, lines: Arc<Lines>) -> Self {
+        self.irq_lines = Some(lines);
+        self
     }
 
     /// A guest `IN`: fills `data`. Returns false if no device claims the
@@ -46,6 +55,12 @@ impl IoBus {
             }
             FW_CFG_PORT_SEL | FW_CFG_PORT_DATA => {
                 lock(&self.fw_cfg).pio_read(port, data);
+                true
+            }
+            IRQ_TEST_PORT if self.irq_lines.is_some() => {
+                if let Some(l) = &self.irq_lines {
+                    l.test_port_read(data);
+                }
                 true
             }
             _ => {
@@ -73,6 +88,12 @@ impl IoBus {
                 (true, None)
             }
             DEBUG_EXIT_PORT => (true, Some(IoEvent::Exit(exit_status(data)))),
+            IRQ_TEST_PORT if self.irq_lines.is_some() => {
+                if let Some(l) = &self.irq_lines {
+                    l.test_port_write(data);
+                }
+                (true, None)
+            }
             // POST code port: accepted and ignored.
             0x80 => (true, None),
             _ => (false, None),

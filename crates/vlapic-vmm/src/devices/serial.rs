@@ -1,21 +1,36 @@
 //! COM1 16550 UART (from `vm-superio`) with a line-flushing output.
+//!
+//! Its interrupt is ISA IRQ 4, wired to IOAPIC pin 4 (or KVM's GSI 4 with
+//! `--irqchip kernel`). `vm-superio` reports an interrupt only when a new
+//! condition arises (THR empty after a write or when IER enables it, data
+//! received) and never reports its end, so the line is driven as an edge
+//! (a pulse: assert, deassert), like ISA IRQs are (edge, active high) and
+//! like other rust-vmm VMMs wire it (an eventfd on an edge-triggered GSI).
+//! A guest must program pin 4 edge-triggered; a real 16550's level output
+//! (high while IIR shows a pending interrupt) is not modelled.
 
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use vm_superio::{Serial, Trigger};
+
+use super::ioapic::{Lines, SERIAL_IRQ};
 
 /// COM1 base port.
 pub const COM1_BASE: u16 = 0x3f8;
 /// Number of COM1 ports.
 pub const COM1_LEN: u16 = 8;
 
-/// Interrupt trigger that does nothing: guests poll the LSR.
-#[derive(Debug, Default)]
-pub struct NoIrq;
+/// The serial interrupt: a pulse on IRQ 4, or nothing when not wired.
+#[derive(Default)]
+pub struct SerialIrq(pub Option<Arc<Lines>>);
 
-impl Trigger for NoIrq {
+impl Trigger for SerialIrq {
     type E = io::Error;
     fn trigger(&self) -> io::Result<()> {
+        if let Some(l) = &self.0 {
+            l.pulse(SERIAL_IRQ);
+        }
         Ok(())
     }
 }
@@ -37,11 +52,16 @@ impl Write for LineFlush {
 }
 
 /// The serial device type used by the VMM.
-pub type SerialDevice = Serial<NoIrq, vm_superio::serial::NoEvents, LineFlush>;
+pub type SerialDevice = Serial<SerialIrq, vm_superio::serial::NoEvents, LineFlush>;
 
-/// Creates COM1 writing to `out`.
+/// Creates COM1 writing to `out`, with no interrupt line.
 pub fn new_serial(out: Box<dyn Write + Send>) -> SerialDevice {
-    Serial::new(NoIrq, LineFlush(out))
+    new_serial_with_irq(out, None)
+}
+
+/// Creates COM1 writing to `out`, pulsing IRQ 4 of `lines`.
+pub fn new_serial_with_irq(out: Box<dyn Write + Send>, lines: Option<Arc<Lines>>) -> SerialDevice {
+    Serial::new(SerialIrq(lines), LineFlush(out))
 }
 
 #[cfg(test)]
