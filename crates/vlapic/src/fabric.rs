@@ -59,6 +59,27 @@
 //! Devices call [`Fabric::send_msi`] or [`Fabric::deliver`] from any
 //! thread.
 //!
+//! ## Design
+//!
+//! *Routing table.* An immutable snapshot built from the registered
+//! identities: a physical map (the ID a physical destination must equal:
+//! the 8-bit xAPIC ID of xAPIC-mode APICs, the 32-bit x2APIC ID of
+//! x2APIC-mode ones; several vCPUs per ID for aliases), x2APIC logical
+//! clusters (`LDR[31:16]` -> members with their `LDR[15:0]`), xAPIC flat
+//! buckets and xAPIC cluster buckets (by `LDR[31:24]`), and the list of
+//! enabled vCPUs for broadcasts and shorthands. Keys below 65536 index a
+//! dense array, larger x2APIC IDs a hash map. A physical unicast is one
+//! array index; an xAPIC cluster destination at most 15 bucket lookups.
+//! The table is replaced (under a registry mutex, O(vCPUs)) only when an
+//! identity or waker changes; a generation counter tells senders, who keep
+//! a reference to the current table in their own per-sender cache, so the
+//! send path writes no cache line shared with other senders.
+//!
+//! *Posting.* See [`Inbox`]: `fetch_or` into 256-bit edge/level sets, one
+//! compare-and-swap word for NMI/SMI/INIT/SIPI/ExtINT, a `pending` flag
+//! (set with a read-modify-write, which the loom model in `inbox.rs`
+//! showed is needed), and a wake call only when something new was posted.
+//!
 //! ## Semantics
 //!
 //! Destination matching is exactly [`Destination::matches`] plus the
