@@ -1,7 +1,7 @@
 //! Hostile input on the stable toolchain: the `ioapic` fuzz target's logic
 //! (`fuzz/targets/src/ioapic.rs`, shared with the libFuzzer binary) on the
 //! committed seeds (`fuzz/seeds/ioapic`) and on deterministic
-//! pseudo-random inputs (`HOSTILE_CASES`, default 2000).
+//! pseudo-random inputs (`HOSTILE_CASES`, default 10000).
 
 #[allow(dead_code)]
 #[path = "../../../fuzz/targets/src/input.rs"]
@@ -18,6 +18,6 @@ fn ioapic_hostile() {
     let cases = std::env::var("HOSTILE_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(10_000);
     input::run_random(5, cases, 600, ioapic::run);
 }

@@ -1,7 +1,7 @@
 //! Hostile input on the stable toolchain: the `kvm_blob` fuzz target's
 //! logic (`fuzz/targets/src/kvm_blob.rs`, shared with the libFuzzer binary)
 //! on the committed seeds (`fuzz/seeds/kvm_blob`) and on deterministic
-//! pseudo-random inputs (`HOSTILE_CASES`, default 2000).
+//! pseudo-random inputs (`HOSTILE_CASES`, default 10000).
 
 #[allow(dead_code)]
 #[path = "../../../fuzz/targets/src/input.rs"]
@@ -27,6 +27,6 @@ fn kvm_blob_hostile() {
     let cases = std::env::var("HOSTILE_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(10_000);
     input::run_random(4, cases, 1400, kvm_blob::run);
 }

@@ -1,7 +1,7 @@
 //! Hostile input on the stable toolchain: the fuzz targets' logic
 //! (`fuzz/targets/src`, shared with the libFuzzer binaries through
 //! `#[path]` includes) run on the committed seed corpus (`fuzz/seeds`) and
-//! on deterministic pseudo-random inputs (`HOSTILE_CASES`, default 2000 per
+//! on deterministic pseudo-random inputs (`HOSTILE_CASES`, default 10000 per
 //! target), plus minimal reproducers of the bugs the fuzzers found
 //! (`#[ignore]`d until fixed).
 //!
@@ -35,7 +35,7 @@ fn cases() -> usize {
     std::env::var("HOSTILE_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000)
+        .unwrap_or(10_000)
 }
 
 fn seeds(target: &str) -> PathBuf {

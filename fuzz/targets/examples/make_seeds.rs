@@ -11,7 +11,9 @@ use vlapic::{ApicConfig, LocalApic};
 use vlapic_kvm::{to_kvm, IdFormat};
 
 fn out(target: &str, name: &str, bytes: &[u8]) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../seeds").join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../seeds")
+        .join(target);
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join(name), bytes).unwrap();
 }
@@ -47,7 +49,11 @@ fn seq(parts: &[Vec<u8>]) -> Vec<u8> {
 fn lapic_ops() {
     let t = "lapic_ops";
     // Self IPI, acknowledge, EOI (xAPIC, BSP).
-    out(t, "self_ipi", &seq(&[lapic_prefix(1), mmio(14, 0x0004_0050), vec![ACK, EOI]]));
+    out(
+        t,
+        "self_ipi",
+        &seq(&[lapic_prefix(1), mmio(14, 0x0004_0050), vec![ACK, EOI]]),
+    );
     // Periodic timer, divide by 1, 1000 cycles; fires, acknowledged.
     out(
         t,
@@ -81,7 +87,13 @@ fn lapic_ops() {
     out(
         t,
         "tsc_deadline",
-        &seq(&[lapic_prefix(1), mmio(16, 0x0004_0040), dl, advance(10_000), vec![ACK, EOI]]),
+        &seq(&[
+            lapic_prefix(1),
+            mmio(16, 0x0004_0040),
+            dl,
+            advance(10_000),
+            vec![ACK, EOI],
+        ]),
     );
     // Level-triggered LINT0, EOI re-delivery.
     out(
@@ -121,16 +133,29 @@ fn fabric() {
     let ipi = |from: u8, dest: u8, vector: u8, dm: u8| {
         vec![from, 5, 0, 5, dest, 1, 0, 1, vector - 0x20, 0, dm, 0x40]
     };
-    out(t, "fixed_ipi", &seq(&[head.clone(), ipi(0, 1, 0x40, 0), sync_all.clone()]));
+    out(
+        t,
+        "fixed_ipi",
+        &seq(&[head.clone(), ipi(0, 1, 0x40, 0), sync_all.clone()]),
+    );
     out(
         t,
         "lowest_priority_broadcast",
-        &seq(&[head.clone(), vec![1, 5, 0, 0, 1, 0, 1, 0x10, 0, 1, 0x40], sync_all.clone()]),
+        &seq(&[
+            head.clone(),
+            vec![1, 5, 0, 0, 1, 0, 1, 0x10, 0, 1, 0x40],
+            sync_all.clone(),
+        ]),
     );
     out(
         t,
         "init_sipi",
-        &seq(&[head.clone(), ipi(0, 1, 0x20, 5), ipi(0, 1, 0x20, 6), sync_all.clone()]),
+        &seq(&[
+            head.clone(),
+            ipi(0, 1, 0x20, 5),
+            ipi(0, 1, 0x20, 6),
+            sync_all.clone(),
+        ]),
     );
     out(
         t,
@@ -144,7 +169,11 @@ fn fabric() {
         ]),
     );
     // 8 vCPUs, round robin, x2APIC boot.
-    out(t, "x2apic_rr", &seq(&[vec![6, 0x88, 3], ipi(2, 5, 0x44, 0), sync_all]));
+    out(
+        t,
+        "x2apic_rr",
+        &seq(&[vec![6, 0x88, 3], ipi(2, 5, 0x44, 0), sync_all]),
+    );
 }
 
 fn ioapic() {
@@ -169,11 +198,21 @@ fn ioapic() {
             vec![5, 1, 4, 0],
         ]),
     );
-    out(t, "edge_pulse", &seq(&[head.clone(), select(0x14), write(0x40), vec![7, 2]]));
+    out(
+        t,
+        "edge_pulse",
+        &seq(&[head.clone(), select(0x14), write(0x40), vec![7, 2]]),
+    );
     out(
         t,
         "v11_restore",
-        &seq(&[vec![0, 0, 1], select(0x12), write(0xA050), vec![5, 1, 1, 1], vec![9, 1, 1, 14]]),
+        &seq(&[
+            vec![0, 0, 1],
+            select(0x12),
+            write(0xA050),
+            vec![5, 1, 1, 1],
+            vec![9, 1, 1, 14],
+        ]),
     );
 }
 
@@ -217,8 +256,16 @@ fn restore_and_kvm() {
         }
     }
     // Structured restore seeds: a mutated valid state, an arbitrary one.
-    out("restore", "structured_mutated", &[0, 0, 3, 5, 5, 3, 3, 3, 2, 0, 4, 0, 5, 0]);
-    out("restore", "structured_arbitrary", &[0, 0, 3, 5, 5, 3, 3, 3, 2, 1, 1, 1, 0]);
+    out(
+        "restore",
+        "structured_mutated",
+        &[0, 0, 3, 5, 5, 3, 3, 3, 2, 0, 4, 0, 5, 0],
+    );
+    out(
+        "restore",
+        "structured_arbitrary",
+        &[0, 0, 3, 5, 5, 3, 3, 3, 2, 1, 1, 1, 0],
+    );
 }
 
 fn main() {

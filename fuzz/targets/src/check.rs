@@ -74,7 +74,11 @@ pub fn apic(a: &LocalApic, now: u64, checks: Checks) {
         let mut seen = 0u16;
         for v in regs.isr.iter() {
             let c = 1u16 << (v >> 4);
-            ensure!(seen & c == 0, "two in-service vectors share class of {v:#x}: {:?}", regs.isr);
+            ensure!(
+                seen & c == 0,
+                "two in-service vectors share class of {v:#x}: {:?}",
+                regs.isr
+            );
             seen |= c;
         }
     }
@@ -96,7 +100,10 @@ pub fn apic(a: &LocalApic, now: u64, checks: Checks) {
     );
     // Timer: next expiry strictly in the future after advance; TMCCT <= TMICT.
     if let Some(t) = a.next_timer_deadline() {
-        ensure!(t > now, "timer expiry {t} not after now {now} (after advance)");
+        ensure!(
+            t > now,
+            "timer expiry {t} not after now {now} (after advance)"
+        );
     }
     let cur = a.read_register(now, Register::TimerCurrentCount);
     let init = a.read_register(now, Register::TimerInitialCount);
@@ -136,7 +143,10 @@ pub fn apic(a: &LocalApic, now: u64, checks: Checks) {
             regs.irr,
             regs.isr
         );
-        ensure!(work.interrupt.is_none(), "hardware-disabled APIC reports an interrupt");
+        ensure!(
+            work.interrupt.is_none(),
+            "hardware-disabled APIC reports an interrupt"
+        );
     }
     // The state is always one restore accepts, and restoring it gives the
     // same APIC.
@@ -153,12 +163,23 @@ pub fn apic(a: &LocalApic, now: u64, checks: Checks) {
 /// it saves the same state and behaves the same.
 pub fn roundtrip(a: &LocalApic, s: &ApicState, now: u64) {
     let mut b = LocalApic::new(*a.config());
+    // The guest TSC's offset is the embedder's (it travels with the vCPU's
+    // TSC, not in ApicState).
+    b.set_tsc_offset(a.time_base().tsc_offset);
     if let Err(e) = b.restore(now, s) {
         panic!("invariant violated: restore of save() failed: {e:?}\n{s:#x?}");
     }
     let s2 = b.save(now);
-    ensure!(s2 == *s, "save -> restore -> save differs:\n{s:#x?}\n{s2:#x?}");
-    ensure!(b.work() == a.work(), "restored work {:?} != {:?}", b.work(), a.work());
+    ensure!(
+        s2 == *s,
+        "save -> restore -> save differs:\n{s:#x?}\n{s2:#x?}"
+    );
+    ensure!(
+        b.work() == a.work(),
+        "restored work {:?} != {:?}",
+        b.work(),
+        a.work()
+    );
     ensure!(
         b.next_timer_deadline() == a.next_timer_deadline(),
         "restored timer deadline {:?} != {:?}",

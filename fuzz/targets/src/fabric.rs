@@ -49,7 +49,10 @@ impl World {
             return;
         }
         self.fabric.sync(i, &mut self.real[i]);
-        assert!(!self.fabric.has_pending(i), "inbox {i} not empty after sync");
+        assert!(
+            !self.fabric.has_pending(i),
+            "inbox {i} not empty after sync"
+        );
         self.level_posted[i] = VectorSet::EMPTY;
         let now = self.now;
         self.real[i].advance(now);
@@ -94,7 +97,10 @@ impl World {
     ) {
         let targets = self.targets(from, dest);
         let got = self.fabric.resolve(from, dest);
-        assert_eq!(got, targets, "resolve({from:?}, {dest:?}) disagrees with brute force");
+        assert_eq!(
+            got, targets,
+            "resolve({from:?}, {dest:?}) disagrees with brute force"
+        );
         let lowest = lowest && irq.delivery_mode != DeliveryMode::Reserved3;
         let chosen: Vec<usize> = if irq.delivery_mode == DeliveryMode::Reserved3 {
             Vec::new()
@@ -117,12 +123,21 @@ impl World {
             return;
         };
         if lowest {
-            assert!(d.targets <= 1, "lowest priority reached {} APICs", d.targets);
+            assert!(
+                d.targets <= 1,
+                "lowest priority reached {} APICs",
+                d.targets
+            );
             let n = self.n();
             match (self.fabric.config().tie_break, chosen.first()) {
-                (_, None) => assert_eq!(d.targets, 0, "lowest priority without candidate delivered"),
+                (_, None) => {
+                    assert_eq!(d.targets, 0, "lowest priority without candidate delivered")
+                }
                 (TieBreak::LowestIndex, Some(_)) => {
-                    assert_eq!(d.targets, 1, "lowest priority with candidates {chosen:?} dropped");
+                    assert_eq!(
+                        d.targets, 1,
+                        "lowest priority with candidates {chosen:?} dropped"
+                    );
                 }
                 (TieBreak::RoundRobin, Some(&w)) => {
                     assert_eq!(d.targets, 1, "lowest priority with candidates dropped");
@@ -139,7 +154,10 @@ impl World {
         }
         for t in chosen {
             let mut irq = irq;
-            if matches!(irq.delivery_mode, DeliveryMode::Fixed | DeliveryMode::LowestPriority) {
+            if matches!(
+                irq.delivery_mode,
+                DeliveryMode::Fixed | DeliveryMode::LowestPriority
+            ) {
                 if irq.trigger == TriggerMode::Level {
                     self.level_posted[t].insert(irq.vector);
                 } else if self.level_posted[t].contains(irq.vector) {
@@ -165,7 +183,11 @@ impl World {
     }
 
     /// A guest access on vCPU `i`: its owner syncs before and after.
-    fn owner_op(&mut self, i: usize, mut op: impl FnMut(&mut LocalApic, &mut u64) -> Option<Message>) {
+    fn owner_op(
+        &mut self,
+        i: usize,
+        mut op: impl FnMut(&mut LocalApic, &mut u64) -> Option<Message>,
+    ) {
         self.sync(i);
         let (mut t1, mut t2) = (self.now, self.now);
         let m1 = op(&mut self.real[i], &mut t1);
@@ -253,7 +275,8 @@ pub fn run(data: &[u8]) {
             for a in [&mut w.real[i], &mut w.shadow[i]] {
                 a.mmio_write(0, 0xF0, &0x1FFu32.to_le_bytes());
                 if x2 {
-                    a.write_apic_base(0, 0xFEE0_0C00 | (a.apic_base() & 0x100)).unwrap();
+                    a.write_apic_base(0, 0xFEE0_0C00 | (a.apic_base() & 0x100))
+                        .unwrap();
                     a.msr_write(0, 0x80F, 0x1FF).unwrap();
                 }
             }
@@ -293,10 +316,16 @@ pub fn run(data: &[u8]) {
                     _ => None,
                 };
                 w.owner_op(i, |a, now| match base {
-                    Some(b) => a.write_apic_base(*now, b | (a.apic_base() & 0x100)).ok().flatten(),
+                    Some(b) => a
+                        .write_apic_base(*now, b | (a.apic_base() & 0x100))
+                        .ok()
+                        .flatten(),
                     None => {
-                        if a.mode() == ApicMode::X2Apic && off != 0x20 && off != 0xD0 && off != 0xE0 {
-                            a.msr_write(*now, 0x800 + (off as u32 >> 4), v as u64).ok().flatten()
+                        if a.mode() == ApicMode::X2Apic && off != 0x20 && off != 0xD0 && off != 0xE0
+                        {
+                            a.msr_write(*now, 0x800 + (off as u32 >> 4), v as u64)
+                                .ok()
+                                .flatten()
                         } else {
                             a.mmio_write(*now, off, &v.to_le_bytes())
                         }
@@ -306,7 +335,11 @@ pub fn run(data: &[u8]) {
             5 | 6 => {
                 // An IPI through the ICR.
                 let dest = destination(&mut inp, n);
-                let vector = if inp.below(8) == 0 { inp.u8() } else { 0x20 + inp.below(0xE0) as u8 };
+                let vector = if inp.below(8) == 0 {
+                    inp.u8()
+                } else {
+                    0x20 + inp.below(0xE0) as u8
+                };
                 let dm = if inp.below(2) == 0 { inp.u8() & 7 } else { 0 };
                 let low = vector as u32
                     | (dm as u32) << 8
@@ -316,7 +349,9 @@ pub fn run(data: &[u8]) {
                 let dest_id = dest.id;
                 w.owner_op(i, move |a, now| {
                     if a.mode() == ApicMode::X2Apic {
-                        a.msr_write(*now, 0x830, (dest_id as u64) << 32 | low as u64).ok().flatten()
+                        a.msr_write(*now, 0x830, (dest_id as u64) << 32 | low as u64)
+                            .ok()
+                            .flatten()
                     } else {
                         a.mmio_write(*now, 0x310, &(dest_id << 24).to_le_bytes());
                         a.mmio_write(*now, 0x300, &low.to_le_bytes())
@@ -330,21 +365,37 @@ pub fn run(data: &[u8]) {
                     _ => {
                         0xFEE0_0000
                             | (inp.u8() as u64) << 12
-                            | if inp.below(3) == 0 { (inp.u8() as u64 & 0x7F) << 5 } else { 0 }
+                            | if inp.below(3) == 0 {
+                                (inp.u8() as u64 & 0x7F) << 5
+                            } else {
+                                0
+                            }
                             | (inp.u8() as u64 & 0xC)
-                            | if inp.below(8) == 0 { (inp.u8() as u64) << 40 } else { 0 }
+                            | if inp.below(8) == 0 {
+                                (inp.u8() as u64) << 40
+                            } else {
+                                0
+                            }
                     }
                 };
                 let data = match inp.below(3) {
                     0 => inp.u32(),
-                    _ => inp.u8() as u32 | (inp.u8() as u32 & 0x7) << 8 | (inp.u8() as u32 & 0xC0) << 8,
+                    _ => {
+                        inp.u8() as u32
+                            | (inp.u8() as u32 & 0x7) << 8
+                            | (inp.u8() as u32 & 0xC0) << 8
+                    }
                 };
                 let opts = w.fabric.config().msi;
                 match msi::decode_with(address, data, opts) {
                     Ok(m) => {
-                        w.route(None, &m.destination, m.interrupt, m.lowest_priority(), |f| {
-                            Some(f.send_msi(address, data).expect("decoded MSI refused"))
-                        });
+                        w.route(
+                            None,
+                            &m.destination,
+                            m.interrupt,
+                            m.lowest_priority(),
+                            |f| Some(f.send_msi(address, data).expect("decoded MSI refused")),
+                        );
                     }
                     Err(e) => {
                         assert_eq!(w.fabric.send_msi(address, data), Err(e));
@@ -365,7 +416,9 @@ pub fn run(data: &[u8]) {
                 let ipi = decode_icr(icr, inp.bool(), inp.u32());
                 let lowest = ipi.interrupt.delivery_mode == DeliveryMode::LowestPriority;
                 let sender = (from < n).then_some(from);
-                w.route(sender, &ipi.destination, ipi.interrupt, lowest, |f| Some(f.send_ipi(from, &ipi)));
+                w.route(sender, &ipi.destination, ipi.interrupt, lowest, |f| {
+                    Some(f.send_ipi(from, &ipi))
+                });
             }
             10 => {
                 // Owners sync (all, or one), time passes.

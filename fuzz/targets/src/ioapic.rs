@@ -29,16 +29,28 @@ fn check(io: &IoApic, before: &IoApicState, sent: &[IoApicMessage]) {
         let e = io.redirection(m.pin).unwrap();
         assert!(!e.masked(), "message from masked pin {}: {m:?}", m.pin);
         let (dest, irq) = e.message().expect("unmasked entry has a message");
-        assert_eq!((dest, irq), (m.destination, m.interrupt), "message differs from entry");
+        assert_eq!(
+            (dest, irq),
+            (m.destination, m.interrupt),
+            "message differs from entry"
+        );
         if irq.trigger == TriggerMode::Level {
             assert!(e.remote_irr(), "level message without remote IRR");
         }
     }
     for pin in 0..pins {
         let e = io.redirection(pin).unwrap();
-        assert!(per_pin[pin as usize] <= 1, "pin {pin} sent {} messages in one step", per_pin[pin as usize]);
+        assert!(
+            per_pin[pin as usize] <= 1,
+            "pin {pin} sent {} messages in one step",
+            per_pin[pin as usize]
+        );
         if e.remote_irr() {
-            assert!(e.level_triggered(), "remote IRR on edge entry {pin}: {:#x}", e.0);
+            assert!(
+                e.level_triggered(),
+                "remote IRR on edge entry {pin}: {:#x}",
+                e.0
+            );
             let was = before.redirection[pin as usize] & (1 << 14) != 0;
             if !was {
                 assert!(
@@ -48,11 +60,18 @@ fn check(io: &IoApic, before: &IoApicState, sent: &[IoApicMessage]) {
             }
         }
         if e.level_triggered() && !e.masked() && io.asserted(pin) {
-            assert!(e.remote_irr(), "asserted level pin {pin} not sent (entry {:#x})", e.0);
+            assert!(
+                e.remote_irr(),
+                "asserted level pin {pin} not sent (entry {:#x})",
+                e.0
+            );
         }
     }
     for pin in pins as usize..MAX_PINS {
-        assert_eq!(after.redirection[pin], before.redirection[pin], "entry past the pins changed");
+        assert_eq!(
+            after.redirection[pin], before.redirection[pin],
+            "entry past the pins changed"
+        );
     }
     // Save/restore identity.
     let mut other = IoApic::new(*io.config());
@@ -66,7 +85,11 @@ pub fn run(data: &[u8]) {
     let cfg = IoApicConfig {
         id: inp.u8(),
         pins: if inp.bool() { inp.u8() } else { 24 },
-        version: if inp.bool() { IoApicVersion::V11 } else { IoApicVersion::V20 },
+        version: if inp.bool() {
+            IoApicVersion::V11
+        } else {
+            IoApicVersion::V20
+        },
     };
     let mut io = IoApic::new(cfg);
     let pins = io.config().pins;
@@ -81,14 +104,26 @@ pub fn run(data: &[u8]) {
             0 => {
                 // Select a register (any width).
                 let len = inp.pick(&[1usize, 1, 2, 4, 3, 8]);
-                let idx = if inp.bool() { 0x10 + inp.below(2 * pins as u32 + 2) as u8 } else { inp.u8() };
-                io.mmio_write(0, &[idx, inp.u8(), inp.u8(), inp.u8(), 0, 0, 0, 0][..len], &mut sink);
+                let idx = if inp.bool() {
+                    0x10 + inp.below(2 * pins as u32 + 2) as u8
+                } else {
+                    inp.u8()
+                };
+                io.mmio_write(
+                    0,
+                    &[idx, inp.u8(), inp.u8(), inp.u8(), 0, 0, 0, 0][..len],
+                    &mut sink,
+                );
             }
             1 | 2 => {
                 // Write IOWIN; check the entry reads back.
                 let v = match inp.below(4) {
                     0 => inp.u32(),
-                    1 => inp.u8() as u32 | (inp.u8() as u32 & 0xE7) << 8 | (inp.u8() as u32 & 1) << 16,
+                    1 => {
+                        inp.u8() as u32
+                            | (inp.u8() as u32 & 0xE7) << 8
+                            | (inp.u8() as u32 & 1) << 16
+                    }
                     2 => (inp.u8() as u32) << 24,
                     _ => 0x10000,
                 };
@@ -97,28 +132,56 @@ pub fn run(data: &[u8]) {
                 if sel >= 0x10 && ((sel - 0x10) as u32) < 2 * pins as u32 {
                     let pin = (sel - 0x10) / 2;
                     let raw = io.save().redirection[pin as usize];
-                    let half = if sel % 2 == 0 { raw as u32 } else { (raw >> 32) as u32 };
-                    let writable = if sel % 2 == 0 { vioapic::RTE_WRITABLE as u32 } else { (vioapic::RTE_WRITABLE >> 32) as u32 };
-                    assert_eq!(half & writable, v & writable, "entry {pin} does not read back");
+                    let half = if sel & 1 == 0 {
+                        raw as u32
+                    } else {
+                        (raw >> 32) as u32
+                    };
+                    let writable = if sel & 1 == 0 {
+                        vioapic::RTE_WRITABLE as u32
+                    } else {
+                        (vioapic::RTE_WRITABLE >> 32) as u32
+                    };
+                    assert_eq!(
+                        half & writable,
+                        v & writable,
+                        "entry {pin} does not read back"
+                    );
                     let mut rd = [0u8; 4];
                     io.mmio_read(0x10, &mut rd);
-                    assert_eq!(u32::from_le_bytes(rd), half, "IOWIN read disagrees with state");
+                    assert_eq!(
+                        u32::from_le_bytes(rd),
+                        half,
+                        "IOWIN read disagrees with state"
+                    );
                 }
             }
             3 => {
-                let off = if inp.bool() { inp.u64() } else { inp.u8() as u64 };
+                let off = if inp.bool() {
+                    inp.u64()
+                } else {
+                    inp.u8() as u64
+                };
                 let len = inp.below(9) as usize;
                 let mut buf = [0u8; 8];
                 io.mmio_read(off, &mut buf[..len]);
             }
             4 => {
-                let off = if inp.bool() { inp.u64() } else { inp.pick(&[0u64, 0x10, 0x40, 0x20, 0x14]) };
+                let off = if inp.bool() {
+                    inp.u64()
+                } else {
+                    inp.pick(&[0u64, 0x10, 0x40, 0x20, 0x14])
+                };
                 let len = inp.below(9) as usize;
                 let bytes = [inp.u8(), inp.u8(), inp.u8(), inp.u8(), inp.u8(), 0, 0, 0];
                 io.mmio_write(off, &bytes[..len], &mut sink);
             }
             5 | 6 => {
-                let pin = if inp.below(8) == 0 { inp.u8() } else { inp.below(pins as u32) as u8 };
+                let pin = if inp.below(8) == 0 {
+                    inp.u8()
+                } else {
+                    inp.below(pins as u32) as u8
+                };
                 io.set_pin(pin, inp.bool(), &mut sink);
             }
             7 => {
@@ -138,7 +201,11 @@ pub fn run(data: &[u8]) {
                 let mut s = io.save();
                 match inp.below(3) {
                     0 => {
-                        s.version = if inp.below(8) == 0 { inp.u32() } else { s.version };
+                        s.version = if inp.below(8) == 0 {
+                            inp.u32()
+                        } else {
+                            s.version
+                        };
                         s.id = inp.u8() & if inp.bool() { 0xF } else { 0xFF };
                         s.ioregsel = inp.u8();
                         s.levels = inp.u32();
@@ -164,7 +231,7 @@ pub fn run(data: &[u8]) {
                 assert!(sent.is_empty(), "restore sent messages");
                 let reachable = (0..pins).all(|p| {
                     let e = io.redirection(p).unwrap();
-                    !(e.level_triggered() && !e.masked() && io.asserted(p) && !e.remote_irr())
+                    !e.level_triggered() || e.masked() || !io.asserted(p) || e.remote_irr()
                 });
                 if !reachable {
                     // "A pending level with remote IRR clear is sent at the

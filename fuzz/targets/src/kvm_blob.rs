@@ -50,7 +50,11 @@ fn blob(inp: &mut Input) -> KvmLapic {
     for _ in 0..inp.below(8) {
         lapic_ops::step(&mut a, &mut now, inp);
     }
-    let ids = if inp.bool() { IdFormat::Full32 } else { IdFormat::Legacy };
+    let ids = if inp.bool() {
+        IdFormat::Full32
+    } else {
+        IdFormat::Legacy
+    };
     let mut k = to_kvm(&a.save(now), ids).view();
     for _ in 0..inp.below(4) {
         let reg = Register::ALL[inp.below(Register::ALL.len() as u32) as usize];
@@ -93,7 +97,11 @@ fn extras(inp: &mut Input) -> Extras {
 /// The target.
 pub fn run(data: &[u8]) {
     let mut inp = Input::new(data);
-    let ids = if inp.bool() { IdFormat::Full32 } else { IdFormat::Legacy };
+    let ids = if inp.bool() {
+        IdFormat::Full32
+    } else {
+        IdFormat::Legacy
+    };
     let apic_base = lapic_ops::apic_base_value(&mut inp);
     let tsc_deadline = if inp.bool() { 0 } else { inp.u64() };
     let x = extras(&mut inp);
@@ -119,7 +127,11 @@ pub fn run(data: &[u8]) {
     }
     let now = 1_000_000;
     a.restore(now, &s).expect("validated state refused");
-    assert_eq!(a.save(now), s, "restore(from_kvm(blob)).save() != from_kvm(blob)");
+    assert_eq!(
+        a.save(now),
+        s,
+        "restore(from_kvm(blob)).save() != from_kvm(blob)"
+    );
     a.advance(now);
     check::apic(&a, now, Checks::VALIDATED);
     // Back to KVM with the blob's own profile: every register word outside

@@ -8,9 +8,7 @@ use super::check::{self, Checks};
 use super::input::Input;
 use vlapic::ipi::decode_icr;
 use vlapic::regs::Icr;
-use vlapic::{
-    ApicConfig, ApicMode, DeliveryMode, Interrupt, LocalApic, Lvt, Message, TriggerMode,
-};
+use vlapic::{ApicConfig, ApicMode, DeliveryMode, Interrupt, LocalApic, Lvt, Message, TriggerMode};
 
 /// Time never goes beyond this (2^60 ns, ~36 years), so that the
 /// embedder's clock is plausible.
@@ -303,7 +301,11 @@ pub fn step(a: &mut LocalApic, now: &mut u64, inp: &mut Input) -> Option<Message
             match inp.below(3) {
                 0 => a.set_tpr(inp.u8()),
                 _ => {
-                    let v = if inp.bool() { inp.u64() } else { inp.u8() as u64 & 0xF };
+                    let v = if inp.bool() {
+                        inp.u64()
+                    } else {
+                        inp.u8() as u64 & 0xF
+                    };
                     a.set_cr8(v)
                 }
             }
@@ -357,7 +359,11 @@ pub fn step(a: &mut LocalApic, now: &mut u64, inp: &mut Input) -> Option<Message
         _ => {
             // x2APIC register write with a plausible value.
             let reg = 0x800 + inp.pick(&REG_OFFSETS) as u32 / 16;
-            let v = if reg == 0x830 { inp.u64() & 0xFFFF_FFFF_000C_CFFF } else { value32(inp) as u64 };
+            let v = if reg == 0x830 {
+                inp.u64() & 0xFFFF_FFFF_000C_CFFF
+            } else {
+                value32(inp) as u64
+            };
             a.msr_write(t, reg, v).ok().flatten()
         }
     };
@@ -385,7 +391,10 @@ pub fn check_message(a: &LocalApic, msg: &Option<Message>) {
                 ),
                 "IPI with a reserved delivery mode left the APIC: {ipi:?}"
             );
-            assert!(!ipi.interrupt.is_init_deassert(), "INIT de-assert left the APIC");
+            assert!(
+                !ipi.interrupt.is_init_deassert(),
+                "INIT de-assert left the APIC"
+            );
         }
         Some(Message::Eoi { vector }) => {
             assert!(*vector >= 16, "EOI broadcast of illegal vector {vector}");

@@ -17,8 +17,11 @@ pub mod lapic_ops;
 pub mod restore;
 pub mod serde_restore;
 
+/// A target's entry point.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, as `cargo fuzz` knows them.
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("lapic_ops", lapic_ops::run),
     ("fabric", fabric::run),
     ("restore", serde_restore::run),

@@ -11,7 +11,16 @@ use vlapic::{ApicState, LocalApic, RunState, VectorSet, STATE_VERSION};
 
 fn vectors(inp: &mut Input) -> VectorSet {
     match inp.below(4) {
-        0 => VectorSet([inp.u32(), inp.u32(), inp.u32(), inp.u32(), inp.u32(), inp.u32(), inp.u32(), inp.u32()]),
+        0 => VectorSet([
+            inp.u32(),
+            inp.u32(),
+            inp.u32(),
+            inp.u32(),
+            inp.u32(),
+            inp.u32(),
+            inp.u32(),
+            inp.u32(),
+        ]),
         1 => VectorSet::EMPTY,
         _ => {
             let mut v = VectorSet::EMPTY;
@@ -26,7 +35,11 @@ fn vectors(inp: &mut Input) -> VectorSet {
 /// A state with every field from the input.
 pub fn arbitrary_state(inp: &mut Input) -> ApicState {
     ApicState {
-        version: if inp.below(16) == 0 { inp.u32() } else { STATE_VERSION },
+        version: if inp.below(16) == 0 {
+            inp.u32()
+        } else {
+            STATE_VERSION
+        },
         apic_id: match inp.below(3) {
             0 => inp.u32(),
             _ => inp.u8() as u32,
@@ -34,20 +47,36 @@ pub fn arbitrary_state(inp: &mut Input) -> ApicState {
         apic_base: lapic_ops::apic_base_value(inp),
         xapic_id: inp.u8(),
         tpr: inp.u8(),
-        ldr: if inp.bool() { inp.u32() } else { (inp.u8() as u32) << 24 },
+        ldr: if inp.bool() {
+            inp.u32()
+        } else {
+            (inp.u8() as u32) << 24
+        },
         dfr: if inp.bool() { inp.u32() } else { 0xFFFF_FFFF },
         svr: lapic_ops::value32(inp),
         irr: vectors(inp),
         isr: vectors(inp),
         tmr: vectors(inp),
-        esr: if inp.bool() { inp.u32() } else { inp.u8() as u32 },
-        esr_pending: if inp.bool() { inp.u32() } else { inp.u8() as u32 },
+        esr: if inp.bool() {
+            inp.u32()
+        } else {
+            inp.u8() as u32
+        },
+        esr_pending: if inp.bool() {
+            inp.u32()
+        } else {
+            inp.u8() as u32
+        },
         lvt: core::array::from_fn(|_| match inp.below(4) {
             0 => inp.u32(),
             1 => 0x10000,
             _ => inp.u32() & 0x0007_FFFF,
         }),
-        icr: if inp.bool() { inp.u64() } else { inp.u32() as u64 & 0x000C_CFFF },
+        icr: if inp.bool() {
+            inp.u64()
+        } else {
+            inp.u32() as u64 & 0x000C_CFFF
+        },
         timer_initial_count: inp.u32(),
         timer_divide: inp.u32() & if inp.bool() { 0xB } else { !0 },
         timer_running: inp.bool(),
@@ -129,7 +158,11 @@ pub fn check_restore(cfg: vlapic::ApicConfig, s: &ApicState, now: u64, inp: &mut
         }
         Ok(()) => {
             assert_eq!(valid, Ok(()), "validate and restore disagree");
-            assert_eq!(b.save(now), *s, "save() after restore differs from the input");
+            assert_eq!(
+                b.save(now),
+                *s,
+                "save() after restore differs from the input"
+            );
             let mut now = now;
             b.advance(now);
             check::apic(&b, now, Checks::VALIDATED);
@@ -155,6 +188,8 @@ pub fn run(data: &[u8]) {
     } else {
         mutated_state(&mut inp, cfg, &mut now)
     };
-    let later = now.saturating_add(lapic_ops::dt(&mut inp)).min(lapic_ops::MAX_NOW);
+    let later = now
+        .saturating_add(lapic_ops::dt(&mut inp))
+        .min(lapic_ops::MAX_NOW);
     check_restore(cfg, &s, later, &mut inp);
 }

@@ -1,14 +1,17 @@
 //! Stable-toolchain replay of every fuzz target: the committed seeds
 //! (`fuzz/seeds/<target>`), libFuzzer's working corpus and crash artifacts
 //! if present (`fuzz/corpus/<target>`, `fuzz/artifacts/<target>`), and
-//! deterministic pseudo-random inputs (`HOSTILE_CASES`, default 2000).
+//! deterministic pseudo-random inputs (`HOSTILE_CASES`, default 10000).
 
 use std::path::PathBuf;
 use vlapic_fuzz_targets::input::{run_dir, run_random};
 use vlapic_fuzz_targets::TARGETS;
 
 fn cases() -> usize {
-    std::env::var("HOSTILE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+    std::env::var("HOSTILE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
 }
 
 fn fuzz_dir() -> PathBuf {
@@ -22,8 +25,19 @@ fn replay(name: &str) {
         n += run_dir(&fuzz_dir().join(sub).join(name), f);
     }
     eprintln!("{name}: {n} files replayed");
-    let seed = name.bytes().fold(0x9E37_79B9_7F4A_7C15u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01B3));
-    run_random(seed, cases(), if name == "kvm_blob" || name == "restore" { 1400 } else { 600 }, f);
+    let seed = name.bytes().fold(0x9E37_79B9_7F4A_7C15u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
+    });
+    run_random(
+        seed,
+        cases(),
+        if name == "kvm_blob" || name == "restore" {
+            1400
+        } else {
+            600
+        },
+        f,
+    );
 }
 
 #[test]
