@@ -309,7 +309,15 @@ mod tests {
         assert_eq!(c.serial, SerialOut::Stdout);
         assert!(c.x2apic && c.tsc_deadline && !c.trace);
         assert_eq!(c.ioapic_version, vioapic::IoApicVersion::V20);
-        let c = run(&["--kernel", "k", "--irqchip", "split", "--ioapic-version", "0x11"]).unwrap();
+        let c = run(&[
+            "--kernel",
+            "k",
+            "--irqchip",
+            "split",
+            "--ioapic-version",
+            "0x11",
+        ])
+        .unwrap();
         assert_eq!(c.irqchip, IrqchipMode::Split);
         assert_eq!(c.ioapic_version, vioapic::IoApicVersion::V11);
     }

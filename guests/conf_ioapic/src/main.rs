@@ -146,13 +146,26 @@ pub fn guest_main(boot: &BootInfo) {
 fn registers() -> u32 {
     let v = ioread(0x01);
     let ver = v & 0xff;
-    out().s("conf_ioapic: IOAPIC version register ").hex(u64::from(v)).nl();
-    check("version register: version is 0x11 or 0x20", ver == 0x11 || ver == 0x20);
-    check_eq("version register: 24 redirection entries (bits 23:16 = 23)", u64::from((v >> 16) & 0xff), 23);
+    out()
+        .s("conf_ioapic: IOAPIC version register ")
+        .hex(u64::from(v))
+        .nl();
+    check(
+        "version register: version is 0x11 or 0x20",
+        ver == 0x11 || ver == 0x20,
+    );
+    check_eq(
+        "version register: 24 redirection entries (bits 23:16 = 23)",
+        u64::from((v >> 16) & 0xff),
+        23,
+    );
     if ver == 0x20 {
         check("version register: 0x20 (with EOI register)", true);
     } else {
-        skip("version register: 0x20 (with EOI register)", "IOAPIC version 0x11");
+        skip(
+            "version register: 0x20 (with EOI register)",
+            "IOAPIC version 0x11",
+        );
     }
     let lvr24 = apic::read(reg::VERSION) & (1 << 24) != 0;
     check(
@@ -163,20 +176,38 @@ fn registers() -> u32 {
     iowrite(0x00, 0x0a00_0000);
     let id2 = ioread(0x00);
     iowrite(0x00, id);
-    check_eq("ID register: bits 27:24 writable", u64::from(id2 & 0x0f00_0000), 0x0a00_0000);
-    check("reset: every redirection entry masked", (0..24u8).all(|p| rte_lo(p) & MASKED != 0));
+    check_eq(
+        "ID register: bits 27:24 writable",
+        u64::from(id2 & 0x0f00_0000),
+        0x0a00_0000,
+    );
+    check(
+        "reset: every redirection entry masked",
+        (0..24u8).all(|p| rte_lo(p) & MASKED != 0),
+    );
     // Writable fields read back; delivery status and remote IRR are
     // read-only.
     iowrite(0x10 + 2 * 16, MASKED | 0xaf55);
-    check_eq("RTE: writable low bits read back", u64::from(rte_lo(16) & 0x1_afff), 0x1_af55);
-    iowrite(0x10 + 2 * 16, MASKED | TRIG_LEVEL | DELIVS | REMOTE_IRR | 0x40);
+    check_eq(
+        "RTE: writable low bits read back",
+        u64::from(rte_lo(16) & 0x1_afff),
+        0x1_af55,
+    );
+    iowrite(
+        0x10 + 2 * 16,
+        MASKED | TRIG_LEVEL | DELIVS | REMOTE_IRR | 0x40,
+    );
     check_eq(
         "RTE: delivery status and remote IRR are read-only",
         u64::from(rte_lo(16) & (DELIVS | REMOTE_IRR)),
         0,
     );
     iowrite(0x11 + 2 * 16, 0xab00_0000);
-    check_eq("RTE: destination (bits 63:56) read back", u64::from(ioread(0x11 + 2 * 16) >> 24), 0xab);
+    check_eq(
+        "RTE: destination (bits 63:56) read back",
+        u64::from(ioread(0x11 + 2 * 16) >> 24),
+        0xab,
+    );
     rte(16, MASKED, 0);
     ver
 }
@@ -201,7 +232,11 @@ fn edge() {
         "edge: a line held high delivers once, the falling edge nothing",
         high == 1 && got(0, v) - b == 1,
     );
-    check_eq("edge: remote IRR stays clear", u64::from(rte_lo(p) & REMOTE_IRR), 0);
+    check_eq(
+        "edge: remote IRR stays clear",
+        u64::from(rte_lo(p) & REMOTE_IRR),
+        0,
+    );
     // Masked: the edge is lost.
     rte(p, MASKED | u32::from(v), 0);
     let b = got(0, v);
@@ -209,7 +244,11 @@ fn edge() {
     settle();
     rte(p, u32::from(v), 0);
     settle();
-    check_eq("edge: an edge while masked is lost (not delivered on unmask)", u64::from(got(0, v) - b), 0);
+    check_eq(
+        "edge: an edge while masked is lost (not delivered on unmask)",
+        u64::from(got(0, v) - b),
+        0,
+    );
     // Several pins at once.
     let pins = [(16u8, 0x41u8), (17, 0x42), (18, 0x43)];
     for (p, v) in pins {
@@ -239,38 +278,84 @@ fn level() {
     let b = got(0, v);
     line(p, true);
     check("level: asserting the line delivers", wait_got(0, v, b));
-    check("level: remote IRR set while in service", rte_lo(p) & REMOTE_IRR != 0);
-    check("level: LAPIC TMR bit set for the vector", apic::bit(reg::TMR0, v));
+    check(
+        "level: remote IRR set while in service",
+        rte_lo(p) & REMOTE_IRR != 0,
+    );
+    check(
+        "level: LAPIC TMR bit set for the vector",
+        apic::bit(reg::TMR0, v),
+    );
     settle();
-    check_eq("level: no redelivery before EOI", u64::from(got(0, v) - b), 1);
+    check_eq(
+        "level: no redelivery before EOI",
+        u64::from(got(0, v) - b),
+        1,
+    );
     // EOI with the line still asserted: delivered again.
     apic::eoi();
-    check("level: EOI with the line still asserted redelivers", wait_got(0, v, b + 1));
-    check("level: remote IRR set again after redelivery", rte_lo(p) & REMOTE_IRR != 0);
+    check(
+        "level: EOI with the line still asserted redelivers",
+        wait_got(0, v, b + 1),
+    );
+    check(
+        "level: remote IRR set again after redelivery",
+        rte_lo(p) & REMOTE_IRR != 0,
+    );
     line(p, false);
     apic::eoi();
     settle();
-    check_eq("level: EOI with the line low clears remote IRR", u64::from(rte_lo(p) & REMOTE_IRR), 0);
-    check_eq("level: no delivery after EOI with the line low", u64::from(got(0, v) - b), 2);
+    check_eq(
+        "level: EOI with the line low clears remote IRR",
+        u64::from(rte_lo(p) & REMOTE_IRR),
+        0,
+    );
+    check_eq(
+        "level: no delivery after EOI with the line low",
+        u64::from(got(0, v) - b),
+        2,
+    );
     // Masked while asserted: nothing; unmasking delivers.
     rte(p, MASKED | TRIG_LEVEL | u32::from(v), 0);
     let b = got(0, v);
     line(p, true);
     settle();
-    check_eq("level: an asserted line does not deliver while masked", u64::from(got(0, v) - b), 0);
+    check_eq(
+        "level: an asserted line does not deliver while masked",
+        u64::from(got(0, v) - b),
+        0,
+    );
     rte(p, TRIG_LEVEL | u32::from(v), 0);
-    check("level: unmasking an asserted line delivers", wait_got(0, v, b));
+    check(
+        "level: unmasking an asserted line delivers",
+        wait_got(0, v, b),
+    );
     // Masked while in service; EOI; unmask with the line still high.
     rte(p, MASKED | TRIG_LEVEL | u32::from(v), 0);
     apic::eoi();
     settle();
-    check_eq("level: EOI while masked clears remote IRR", u64::from(rte_lo(p) & REMOTE_IRR), 0);
-    check_eq("level: no delivery while masked after EOI", u64::from(got(0, v) - b), 1);
+    check_eq(
+        "level: EOI while masked clears remote IRR",
+        u64::from(rte_lo(p) & REMOTE_IRR),
+        0,
+    );
+    check_eq(
+        "level: no delivery while masked after EOI",
+        u64::from(got(0, v) - b),
+        1,
+    );
     rte(p, TRIG_LEVEL | u32::from(v), 0);
-    check("level: unmasking after EOI with the line still high delivers", wait_got(0, v, b + 1));
+    check(
+        "level: unmasking after EOI with the line still high delivers",
+        wait_got(0, v, b + 1),
+    );
     // Switching the entry to edge clears remote IRR.
     rte(p, u32::from(v), 0);
-    check_eq("level: switching the entry to edge clears remote IRR", u64::from(rte_lo(p) & REMOTE_IRR), 0);
+    check_eq(
+        "level: switching the entry to edge clears remote IRR",
+        u64::from(rte_lo(p) & REMOTE_IRR),
+        0,
+    );
     line(p, false);
     apic::eoi();
     rte(p, MASKED, 0);
@@ -286,13 +371,24 @@ fn polarity() {
     rte(p, ACTIVE_LOW | TRIG_LEVEL | u32::from(v), 0);
     let b = got(0, v);
     settle();
-    check_eq("polarity: active-low line held high does not deliver", u64::from(got(0, v) - b), 0);
+    check_eq(
+        "polarity: active-low line held high does not deliver",
+        u64::from(got(0, v) - b),
+        0,
+    );
     line(p, false);
-    check("polarity: active-low line pulled low delivers", wait_got(0, v, b));
+    check(
+        "polarity: active-low line pulled low delivers",
+        wait_got(0, v, b),
+    );
     line(p, true);
     apic::eoi();
     settle();
-    check_eq("polarity: EOI after release clears remote IRR", u64::from(rte_lo(p) & REMOTE_IRR), 0);
+    check_eq(
+        "polarity: EOI after release clears remote IRR",
+        u64::from(rte_lo(p) & REMOTE_IRR),
+        0,
+    );
     // The line is high; switching the (masked) entry from active-high to
     // active-low deasserts it: unmasking delivers nothing.
     rte(p, MASKED | TRIG_LEVEL | u32::from(v), 0);
@@ -326,7 +422,11 @@ fn serial() {
     unsafe { cpu::outb(0x3f9, 0x00) };
     settle();
     check("serial: THR-empty interrupt arrives on IOAPIC pin 4", ok);
-    check_eq("serial: IIR identifies THR empty", u64::from(iir & 0x0f), 0x02);
+    check_eq(
+        "serial: IIR identifies THR empty",
+        u64::from(iir & 0x0f),
+        0x02,
+    );
     rte(p, MASKED, 0);
 }
 
@@ -382,7 +482,10 @@ fn destinations(n: usize) {
         u64::from(g.iter().sum::<u32>()),
         1,
     );
-    check("IOAPIC lowest priority: the CPU with the lowest TPR gets it", g[1] == 1);
+    check(
+        "IOAPIC lowest priority: the CPU with the lowest TPR gets it",
+        g[1] == 1,
+    );
     // Level-triggered to AP 1: its handler deasserts the line, its EOI
     // (broadcast) clears remote IRR.
     let p = 22u8;
@@ -397,7 +500,12 @@ fn destinations(n: usize) {
         "level to an AP: handler deasserts, its EOI clears remote IRR",
         ok && cnt == 1 && irr == 0,
     ) {
-        out().s("  deliveries ").dec(u64::from(cnt)).s(", RTE remote IRR ").hex(u64::from(irr)).nl();
+        out()
+            .s("  deliveries ")
+            .dec(u64::from(cnt))
+            .s(", RTE remote IRR ")
+            .hex(u64::from(irr))
+            .nl();
     }
     rte(p, MASKED, 0);
     AP_ACK_PIN.store(0xff, Relaxed);
@@ -408,17 +516,29 @@ fn directed_eoi(ver: u32) {
     idt::set_auto_eoi(false);
     let lvr24 = apic::read(reg::VERSION) & (1 << 24) != 0;
     if !lvr24 {
-        skip("directed EOI: SVR bit 12 writable", "LAPIC version bit 24 clear");
+        skip(
+            "directed EOI: SVR bit 12 writable",
+            "LAPIC version bit 24 clear",
+        );
         skip(
             "directed EOI: LAPIC EOI leaves remote IRR set with suppress-EOI-broadcast",
             "LAPIC version bit 24 clear",
         );
-        skip("directed EOI: IOAPIC EOI register clears remote IRR", "LAPIC version bit 24 clear");
-        skip("directed EOI: IOAPIC EOI register with the line asserted redelivers", "LAPIC version bit 24 clear");
+        skip(
+            "directed EOI: IOAPIC EOI register clears remote IRR",
+            "LAPIC version bit 24 clear",
+        );
+        skip(
+            "directed EOI: IOAPIC EOI register with the line asserted redelivers",
+            "LAPIC version bit 24 clear",
+        );
     } else {
         let svr = apic::read(reg::SVR);
         apic::write(reg::SVR, svr | (1 << 12));
-        check("directed EOI: SVR bit 12 writable", apic::read(reg::SVR) & (1 << 12) != 0);
+        check(
+            "directed EOI: SVR bit 12 writable",
+            apic::read(reg::SVR) & (1 << 12) != 0,
+        );
         rte(p, TRIG_LEVEL | u32::from(v), 0);
         let b = got(0, v);
         line(p, true);
@@ -447,8 +567,14 @@ fn directed_eoi(ver: u32) {
                 0,
             );
         } else {
-            skip("directed EOI: IOAPIC EOI register clears remote IRR", "IOAPIC version 0x11");
-            skip("directed EOI: IOAPIC EOI register with the line asserted redelivers", "IOAPIC version 0x11");
+            skip(
+                "directed EOI: IOAPIC EOI register clears remote IRR",
+                "IOAPIC version 0x11",
+            );
+            skip(
+                "directed EOI: IOAPIC EOI register with the line asserted redelivers",
+                "IOAPIC version 0x11",
+            );
             line(p, false);
         }
         apic::write(reg::SVR, svr & !(1 << 12));
@@ -475,8 +601,14 @@ fn directed_eoi(ver: u32) {
         );
         rte(p, MASKED, 0);
     } else {
-        skip("version 0x11: EOI register write is ignored", "IOAPIC version 0x20");
-        skip("version 0x11: LAPIC EOI broadcast clears remote IRR", "IOAPIC version 0x20");
+        skip(
+            "version 0x11: EOI register write is ignored",
+            "IOAPIC version 0x20",
+        );
+        skip(
+            "version 0x11: LAPIC EOI broadcast clears remote IRR",
+            "IOAPIC version 0x20",
+        );
     }
     idt::set_auto_eoi(true);
 }
