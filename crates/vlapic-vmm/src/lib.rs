@@ -1,13 +1,16 @@
 //! `vlapic-vmm`: a small KVM-based VMM that runs test guests with the local
-//! APIC either in KVM (`--irqchip kernel`) or in userspace
-//! (`--irqchip user`: `vlapic`, behind [`lapic_backend::LapicBackend`]).
+//! APIC either in KVM (`--irqchip kernel`, or `split` with this VMM's
+//! IOAPIC) or in userspace (`--irqchip user`: `vlapic`, behind
+//! [`lapic_backend::LapicBackend`], and `vioapic`).
 //!
 //! Modules:
 //! - [`args`]: command line; [`conformance`]: the `conformance` subcommand.
 //! - [`layout`], [`loader`], [`boot`]: guest memory, ELF64 / multiboot /
 //!   flat loaders, initial CPU state (page tables, GDT, modes).
 //! - [`cpuid`]: per-vCPU CPUID.
-//! - [`devices`]: serial, isa-debug-exit, fw_cfg.
+//! - [`devices`]: serial (IRQ 4), isa-debug-exit, fw_cfg, the IOAPIC
+//!   (`vioapic`, user and split modes), interrupt lines and the IRQ test
+//!   port 0x5A0.
 //! - [`control`]: per-vCPU control block (INIT/SIPI, park/wake, kick),
 //!   VM clock, timer service.
 //! - [`lapic_backend`]: the userspace-LAPIC seam (and the minimal stub).
