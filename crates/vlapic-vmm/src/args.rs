@@ -78,6 +78,9 @@ pub struct Config {
     pub trace: bool,
     /// Print exit statistics to stderr at the end.
     pub stats: bool,
+    /// Time each exit's userspace work and the LAPIC backend's share,
+    /// per guest-marked phase ([`crate::profile`]); report to stderr.
+    pub profile: bool,
     /// Offer x2APIC in CPUID.1:ECX bit 21.
     pub x2apic: bool,
     /// Offer the TSC-deadline timer in CPUID.1:ECX bit 24.
@@ -103,6 +106,7 @@ impl Default for Config {
             serial: SerialOut::Stdout,
             trace: false,
             stats: false,
+            profile: false,
             x2apic: true,
             tsc_deadline: true,
             cmdline: String::new(),
@@ -116,6 +120,7 @@ impl Default for Config {
 pub const USAGE: &str = "\
 usage: vlapic-vmm --kernel PATH [options]
        vlapic-vmm conformance [options]   (LAPIC conformance suite, see conformance --help)
+       vlapic-vmm bench [options]   (APIC microbenchmarks, user vs kernel, see bench --help)
 
   --kernel PATH            guest image (ELF64, multiboot v1 or flat binary)
   --format auto|elf|multiboot|flat   image format (default auto)
@@ -135,6 +140,9 @@ usage: vlapic-vmm --kernel PATH [options]
   --timeout SECONDS        stop the guest after this long (exit status 124)
   --trace                  log every VM exit to stderr
   --stats                  print exit counts to stderr at the end
+  --profile                time userspace exit handling and the LAPIC's share,
+                           per phase marked by the guest on port 0x5b0
+                           (PROFILE: lines on stderr at the end)
   --help                   this text
 
 Exit status: (v << 1) | 1 when the guest writes v to port 0xf4
@@ -277,6 +285,7 @@ where
             }
             "--trace" => cfg.trace = true,
             "--stats" => cfg.stats = true,
+            "--profile" => cfg.profile = true,
             _ => {
                 return Err(Error::Args(format!(
                     "unknown argument {arg:?} (see --help)"

@@ -191,9 +191,11 @@ impl VcpuControl {
     /// Something (an interrupt, an NMI, a timer) may now be deliverable:
     /// wake the vCPU from HLT and kick it out of `KVM_RUN`.
     pub fn wake(&self) {
-        lock(&self.inner).wake_pending = true;
-        self.cv.notify_all();
-        self.kick();
+        crate::profile::waking(|| {
+            lock(&self.inner).wake_pending = true;
+            self.cv.notify_all();
+            self.kick();
+        })
     }
 
     /// Stops the vCPU (VM shutdown).

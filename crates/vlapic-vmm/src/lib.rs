@@ -16,10 +16,13 @@
 //! - [`lapic_backend`]: the userspace-LAPIC seam (and the minimal stub).
 //! - [`vlapic_backend`]: the real userspace LAPIC, `vlapic` + its fabric.
 //! - [`vcpu`]: the vCPU thread loop; [`vm`]: VM setup and [`vm::run`].
+//! - [`profile`]: `--profile`, per-phase exit cost accounting; [`bench`]:
+//!   the `bench` subcommand (guest microbenchmarks, both backends).
 
 #![warn(missing_docs)]
 
 pub mod args;
+pub mod bench;
 pub mod boot;
 pub mod conformance;
 pub mod control;
@@ -29,6 +32,7 @@ pub mod error;
 pub mod lapic_backend;
 pub mod layout;
 pub mod loader;
+pub mod profile;
 pub mod vcpu;
 pub mod vlapic_backend;
 pub mod vm;

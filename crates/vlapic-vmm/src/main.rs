@@ -7,6 +7,9 @@ fn main() {
     if argv.first().map(String::as_str) == Some("decode") {
         std::process::exit(decode(&argv[1..]));
     }
+    if argv.first().map(String::as_str) == Some("bench") {
+        std::process::exit(vlapic_vmm::bench::main(argv.into_iter().skip(1)));
+    }
     if argv.first().map(String::as_str) == Some("conformance") {
         std::process::exit(vlapic_vmm::conformance::main(argv.into_iter().skip(1)));
     }
@@ -24,7 +27,14 @@ fn main() {
         }
         Command::Run(c) => c,
     };
-    match vlapic_vmm::run(&cfg, None) {
+    if cfg.profile {
+        vlapic_vmm::profile::enable();
+    }
+    let r = vlapic_vmm::run(&cfg, None);
+    if cfg.profile {
+        eprint!("{}", vlapic_vmm::profile::report());
+    }
+    match r {
         Ok(status) => std::process::exit(status),
         Err(e) => {
             eprintln!("vlapic-vmm: {e}");

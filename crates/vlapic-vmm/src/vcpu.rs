@@ -137,6 +137,7 @@ impl VcpuThread {
 
     fn count(&mut self, kind: &'static str) {
         *self.stats.exits.entry(kind).or_insert(0) += 1;
+        crate::profile::exit(kind);
     }
 
     fn set_state(&mut self, (r, s): (kvm_regs, kvm_sregs)) -> Result<(), String> {
@@ -190,6 +191,7 @@ impl VcpuThread {
         crate::control::set_precise_timers();
         let _guard = ThreadRunGuard::new(self.vcpu.get_kvm_run());
         let result = self.run_inner();
+        crate::profile::flush();
         self.ctl.unbind_thread();
         if let Some(l) = &self.lapic {
             self.stats.lapic = l.report();
@@ -357,6 +359,7 @@ impl VcpuThread {
         let w = self.ctl.park(until);
         self.stats.parks += 1;
         self.stats.parked += t0.elapsed();
+        crate::profile::parked(t0.elapsed());
         w
     }
 
@@ -393,7 +396,9 @@ impl VcpuThread {
         let trace = self.vm.trace;
         let idx = self.index;
         let vm = self.vm.clone();
+        crate::profile::before_run();
         let exit = self.vcpu.run();
+        crate::profile::after_run();
         // Out of the guest: from here on a wake needs no signal (the next
         // entry polls after `enter_guest`). Handling the exit may wake this
         // very vCPU (an IPI to itself through the fabric); a signal then
@@ -409,6 +414,7 @@ impl VcpuThread {
         }
         let (kind, next): (&'static str, Next) = match exit {
             Ok(VcpuExit::IoOut(port, data)) => {
+                crate::profile::port_out(port, data);
                 let (claimed, ev) = vm.bus.pio_out(port, data);
                 if trace {
                     eprintln!("[vcpu{idx}] out port {port:#x} data {data:02x?}{}", if claimed { "" } else { " (unclaimed)" });

@@ -375,6 +375,8 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
         }
         _ => VlapicBackend::factory(),
     });
+    // `--profile`: time the backend's calls (a no-op when off).
+    let factory = crate::profile::wrap(factory);
     let timers = cfg
         .irqchip
         .is_userspace()
