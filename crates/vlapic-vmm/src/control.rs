@@ -106,6 +106,7 @@ pub struct VcpuControl {
     thread: Mutex<Option<libc::pthread_t>>,
     in_guest: AtomicBool,
     kicks: AtomicU64,
+    timeouts: AtomicU64,
 }
 
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -130,6 +131,7 @@ impl VcpuControl {
             thread: Mutex::new(None),
             in_guest: AtomicBool::new(false),
             kicks: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
         }
     }
 
@@ -155,6 +157,12 @@ impl VcpuControl {
     /// Number of signals sent so far (statistics).
     pub fn kicks(&self) -> u64 {
         self.kicks.load(Ordering::Relaxed)
+    }
+
+    /// Number of [`VcpuControl::park`] calls that ended on their deadline
+    /// (host timer wake-ups of a halted vCPU; statistics).
+    pub fn park_timeouts(&self) -> u64 {
+        self.timeouts.load(Ordering::Relaxed)
     }
 
     // ----- called by other threads -----
@@ -316,6 +324,7 @@ impl VcpuControl {
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
+                        self.timeouts.fetch_add(1, Ordering::Relaxed);
                         return Wake::Timeout;
                     }
                     g = self
@@ -409,6 +418,33 @@ pub struct TimerService {
     clock: Clock,
     state: Mutex<(Vec<Option<u64>>, bool)>,
     cv: Condvar,
+    wakeups: AtomicU64,
+    fired: AtomicU64,
+    cpu_ns: AtomicU64,
+}
+
+/// Counters of the [`TimerService`] thread.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TimerStats {
+    /// Times the thread woke up (deadline reached, arm, or spurious).
+    pub wakeups: u64,
+    /// vCPU wakes it sent (deadlines that passed).
+    pub fired: u64,
+    /// CPU time the thread used so far, in ns.
+    pub cpu_ns: u64,
+}
+
+/// CPU time of the calling thread in ns.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
 }
 
 impl TimerService {
@@ -418,6 +454,9 @@ impl TimerService {
             clock,
             state: Mutex::new((vec![None; vcpus.len()], false)),
             cv: Condvar::new(),
+            wakeups: AtomicU64::new(0),
+            fired: AtomicU64::new(0),
+            cpu_ns: AtomicU64::new(0),
         });
         let s = svc.clone();
         std::thread::Builder::new()
@@ -445,6 +484,15 @@ impl TimerService {
         }
     }
 
+    /// The thread's counters.
+    pub fn stats(&self) -> TimerStats {
+        TimerStats {
+            wakeups: self.wakeups.load(Ordering::Relaxed),
+            fired: self.fired.load(Ordering::Relaxed),
+            cpu_ns: self.cpu_ns.load(Ordering::Relaxed),
+        }
+    }
+
     /// Stops the service thread.
     pub fn shutdown(&self) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
@@ -465,6 +513,7 @@ impl TimerService {
                     if d <= now {
                         *slot = None;
                         if let Some(v) = vcpus.get(i) {
+                            self.fired.fetch_add(1, Ordering::Relaxed);
                             v.wake();
                         }
                     } else {
@@ -482,6 +531,8 @@ impl TimerService {
                         .0
                 }
             };
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
+            self.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
         }
     }
 }
@@ -533,6 +584,7 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(c.park(Some(t0 + Duration::from_millis(20))), Wake::Timeout);
         assert!(t0.elapsed() >= Duration::from_millis(20));
+        assert_eq!(c.park_timeouts(), 1);
         // A wake before park is not lost.
         c.wake();
         assert_eq!(c.park(None), Wake::Woken);
@@ -552,6 +604,9 @@ mod tests {
         svc.arm(0, Some(clock.now_ns() + 30_000_000));
         assert_eq!(c.park(Some(t0 + Duration::from_secs(5))), Wake::Woken);
         assert!(t0.elapsed() >= Duration::from_millis(29));
+        let st = svc.stats();
+        assert_eq!(st.fired, 1);
+        assert!(st.wakeups >= 1 && st.cpu_ns > 0, "{st:?}");
         svc.arm(0, None);
         svc.shutdown();
     }

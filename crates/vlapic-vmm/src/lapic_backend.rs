@@ -189,6 +189,11 @@ pub trait LapicBackend: Send {
     fn vm_report(&self) -> Option<String> {
         None
     }
+    /// Guest input the LAPIC model rejected or dropped so far, for the
+    /// `--stats` summary (`None`: the backend does not count them).
+    fn rejections(&self) -> Option<vlapic::Stats> {
+        None
+    }
 }
 
 /// Creates the backend of one vCPU.

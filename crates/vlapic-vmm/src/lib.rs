@@ -33,6 +33,7 @@ pub mod lapic_backend;
 pub mod layout;
 pub mod loader;
 pub mod profile;
+pub mod summary;
 pub mod vcpu;
 pub mod vlapic_backend;
 pub mod vm;

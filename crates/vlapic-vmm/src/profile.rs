@@ -405,6 +405,9 @@ impl LapicBackend for Profiled {
     fn vm_report(&self) -> Option<String> {
         self.0.vm_report()
     }
+    fn rejections(&self) -> Option<vlapic::Stats> {
+        self.0.rejections()
+    }
 }
 
 #[cfg(test)]

@@ -59,6 +59,8 @@ pub struct VcpuStats {
     pub lapic: Option<String>,
     /// VM-wide LAPIC statistics (vCPU 0 only).
     pub lapic_vm: Option<String>,
+    /// Guest input the userspace LAPIC rejected (`vlapic::Stats`).
+    pub rejected: Option<vlapic::Stats>,
 }
 
 /// Everything a vCPU thread owns.
@@ -195,6 +197,7 @@ impl VcpuThread {
         self.ctl.unbind_thread();
         if let Some(l) = &self.lapic {
             self.stats.lapic = l.report();
+            self.stats.rejected = l.rejections();
             if self.index == 0 {
                 self.stats.lapic_vm = l.vm_report();
             }

@@ -386,6 +386,16 @@ impl LapicBackend for VlapicBackend {
     }
 
     fn next_deadline_ns(&self) -> Option<u64> {
+        // A masked timer delivers nothing when it expires, and the LAPIC
+        // brings the count (TMCCT, the TSC deadline) up to date lazily at
+        // the next access: no host timer for it. Without this, a masked
+        // periodic timer with TMICT=1 woke the host every minimum period
+        // (200 us) per vCPU for nothing, halted or not. Unmasking is an
+        // LVT write, an exit, after which the next entry re-arms.
+        const LVT_MASKED: u32 = 1 << 16;
+        if self.apic.read_register(0, vlapic::Register::LvtTimer) & LVT_MASKED != 0 {
+            return None;
+        }
         self.apic
             .next_timer_deadline()
             .map(|d| d.saturating_add(self.epoch_ns))
@@ -409,6 +419,10 @@ impl LapicBackend for VlapicBackend {
 
     fn vm_report(&self) -> Option<String> {
         Some(format!("fabric {:?}", self.fabric.stats()))
+    }
+
+    fn rejections(&self) -> Option<vlapic::Stats> {
+        Some(*self.apic.stats())
     }
 }
 
@@ -508,6 +522,35 @@ mod tests {
         assert_eq!(l.next_deadline_ns(), Some(5000));
         assert_eq!(l.poll(5000).interrupt, Some(0x31));
         assert!(l.report().unwrap().contains("msr_writes: 1"));
+    }
+
+    #[test]
+    fn masked_timer_needs_no_host_timer() {
+        let c = ctxs(1);
+        let mut l = VlapicBackend::factory()(&c[0]);
+        w32(l.as_mut(), 0xf0, 0x1ff);
+        // Periodic, masked, TMICT=1 (clamped to the minimum period).
+        w32(l.as_mut(), 0x3e0, 0xb);
+        w32(l.as_mut(), 0x320, 0x30 | (1 << 16) | (1 << 17));
+        l.mmio_write(0, 0x380, &1u32.to_le_bytes());
+        assert_eq!(l.next_deadline_ns(), None);
+        assert_eq!(l.poll(10_000_000).interrupt, None);
+        // Unmasked: armed again, and it fires.
+        l.mmio_write(10_000_000, 0x320, &(0x30u32 | (1 << 17)).to_le_bytes());
+        let d = l.next_deadline_ns().expect("armed");
+        assert!(d > 10_000_000 && d <= 10_200_000, "{d}");
+        assert_eq!(l.poll(d).interrupt, Some(0x30));
+        assert_eq!(l.acknowledge(d), 0x30);
+        l.mmio_write(d, 0xb0, &0u32.to_le_bytes());
+        // Masked TSC deadline: nothing to arm, nothing fires; the
+        // deadline reads 0 (expired) at the next access.
+        let lvt = 0x31u32 | (1 << 16) | (2 << 17);
+        l.mmio_write(d, 0x320, &lvt.to_le_bytes());
+        l.msr_write(20_000_000, 0x6e0, 1_000_000 + 2 * 30_000_000)
+            .unwrap();
+        assert_eq!(l.next_deadline_ns(), None);
+        assert_eq!(l.poll(40_000_000).interrupt, None);
+        assert_eq!(l.msr_read(40_000_000, 0x6e0), Ok(0));
     }
 
     #[test]

@@ -578,6 +578,10 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
         if let Some(io) = &ioapic {
             eprintln!("vlapic-vmm: {}", io.report());
         }
+        eprintln!(
+            "vlapic-vmm: {}",
+            crate::summary::line(&stats, &controls, timers.as_deref(), elapsed)
+        );
     }
     match outcome {
         Outcome::Exit(s) => Ok(s),
