@@ -120,6 +120,7 @@ impl Default for Config {
 pub const USAGE: &str = "\
 usage: vlapic-vmm --kernel PATH [options]
        vlapic-vmm conformance [options]   (LAPIC conformance suite, see conformance --help)
+       vlapic-vmm decode FILE   (print a saved kvm_lapic_state: 1024 bytes or hex text)
        vlapic-vmm bench [options]   (APIC microbenchmarks, user vs kernel, see bench --help)
 
   --kernel PATH            guest image (ELF64, multiboot v1 or flat binary)
