@@ -787,7 +787,7 @@ impl Clock {
 fn ping(clk: &Clock, i: usize) -> bool {
     let before = PONG[i].load(Relaxed);
     apic::send_ipi(i as u32, u32::from(PING));
-    clk.wait(200_000, || PONG[i].load(Relaxed) != before)
+    clk.wait(1_000_000, || PONG[i].load(Relaxed) != before)
 }
 
 const PFX: [&str; MAX] = [
