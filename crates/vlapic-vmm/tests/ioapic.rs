@@ -156,7 +156,7 @@ fn split_and_kernel_fail_only_on_documented_kvm_departures() {
             "level: LAPIC TMR bit set for the vector",
             "serial: THR-empty interrupt arrives on IOAPIC pin 4",
             "physical destination: only the addressed CPU",
-            "logical flat destination: several CPUs",
+            "logical destination: several CPUs",
             "IOAPIC lowest priority: exactly one CPU gets it",
         ] {
             assert_eq!(

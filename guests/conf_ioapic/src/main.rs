@@ -17,7 +17,7 @@ use guest_support::apic::{self, reg};
 use guest_support::cpu;
 use guest_support::idt;
 use guest_support::smp;
-use guest_support::test::{check, check_eq, skip};
+use guest_support::test;
 use guest_support::{out, BootInfo};
 
 const IOAPIC: u64 = 0xfec0_0000;
@@ -54,6 +54,30 @@ fn hook(v: u8) {
         }
     }
 }
+
+/// Check names carry `x2apic: ` in x2APIC mode (none in xAPIC mode).
+fn pfx() -> &'static str {
+    if apic::is_x2apic() {
+        "x2apic: "
+    } else {
+        ""
+    }
+}
+
+fn ck(name: &str, cond: bool) -> bool {
+    test::check_pfx(pfx(), name, cond)
+}
+
+fn ckeq(name: &str, got: u64, want: u64) -> bool {
+    test::check_eq_pfx(pfx(), name, got, want)
+}
+
+fn sk(name: &str, why: &str) {
+    test::skip_pfx(pfx(), name, why)
+}
+
+static X2_REQ: AtomicU32 = AtomicU32::new(0);
+static X2_DONE: [AtomicU32; MAXC] = [const { AtomicU32::new(0) }; MAXC];
 
 fn got(i: usize, v: u8) -> u32 {
     GOT[i][usize::from(v)].load(Relaxed)
@@ -110,6 +134,16 @@ fn ap_main(id: u32) {
         apic::write(reg::LDR, 1 << (24 + i));
     }
     loop {
+        cpu::cli();
+        if i < MAXC && X2_REQ.load(Relaxed) != 0 && X2_DONE[i].load(Relaxed) == 0 {
+            // Switch this AP to x2APIC (the accessors' mode is global and
+            // follows when the BSP switches).
+            cpu::wrmsr(
+                apic::MSR_APIC_BASE,
+                apic::base_msr() | (1 << 10) | (1 << 11),
+            );
+            X2_DONE[i].store(1, Relaxed);
+        }
         cpu::sti_hlt();
     }
 }
@@ -137,8 +171,10 @@ pub fn guest_main(boot: &BootInfo) {
     level();
     polarity();
     serial();
-    destinations(n);
+    let aps = start_aps(n);
+    destinations(n, aps);
     directed_eoi(ver);
+    x2apic(n, aps, ver);
     cpu::cli();
     out().s("conf_ioapic: done").nl();
 }
@@ -150,25 +186,25 @@ fn registers() -> u32 {
         .s("conf_ioapic: IOAPIC version register ")
         .hex(u64::from(v))
         .nl();
-    check(
+    ck(
         "version register: version is 0x11 or 0x20",
         ver == 0x11 || ver == 0x20,
     );
-    check_eq(
+    ckeq(
         "version register: 24 redirection entries (bits 23:16 = 23)",
         u64::from((v >> 16) & 0xff),
         23,
     );
     if ver == 0x20 {
-        check("version register: 0x20 (with EOI register)", true);
+        ck("version register: 0x20 (with EOI register)", true);
     } else {
-        skip(
+        sk(
             "version register: 0x20 (with EOI register)",
             "IOAPIC version 0x11",
         );
     }
     let lvr24 = apic::read(reg::VERSION) & (1 << 24) != 0;
-    check(
+    ck(
         "LAPIC offers suppress-EOI-broadcast only with an IOAPIC EOI register",
         !lvr24 || ver == 0x20,
     );
@@ -176,19 +212,19 @@ fn registers() -> u32 {
     iowrite(0x00, 0x0a00_0000);
     let id2 = ioread(0x00);
     iowrite(0x00, id);
-    check_eq(
+    ckeq(
         "ID register: bits 27:24 writable",
         u64::from(id2 & 0x0f00_0000),
         0x0a00_0000,
     );
-    check(
+    ck(
         "reset: every redirection entry masked",
         (0..24u8).all(|p| rte_lo(p) & MASKED != 0),
     );
     // Writable fields read back; delivery status and remote IRR are
     // read-only.
     iowrite(0x10 + 2 * 16, MASKED | 0xaf55);
-    check_eq(
+    ckeq(
         "RTE: writable low bits read back",
         u64::from(rte_lo(16) & 0x1_afff),
         0x1_af55,
@@ -197,13 +233,13 @@ fn registers() -> u32 {
         0x10 + 2 * 16,
         MASKED | TRIG_LEVEL | DELIVS | REMOTE_IRR | 0x40,
     );
-    check_eq(
+    ckeq(
         "RTE: delivery status and remote IRR are read-only",
         u64::from(rte_lo(16) & (DELIVS | REMOTE_IRR)),
         0,
     );
     iowrite(0x11 + 2 * 16, 0xab00_0000);
-    check_eq(
+    ckeq(
         "RTE: destination (bits 63:56) read back",
         u64::from(ioread(0x11 + 2 * 16) >> 24),
         0xab,
@@ -219,8 +255,8 @@ fn edge() {
     pulse(p);
     let ok = wait_got(0, v, b);
     settle();
-    check("edge: a pulse delivers", ok);
-    check_eq("edge: exactly once", u64::from(got(0, v) - b), 1);
+    ck("edge: a pulse delivers", ok);
+    ckeq("edge: exactly once", u64::from(got(0, v) - b), 1);
     let b = got(0, v);
     line(p, true);
     wait_got(0, v, b);
@@ -228,11 +264,11 @@ fn edge() {
     let high = got(0, v) - b;
     line(p, false);
     settle();
-    check(
+    ck(
         "edge: a line held high delivers once, the falling edge nothing",
         high == 1 && got(0, v) - b == 1,
     );
-    check_eq(
+    ckeq(
         "edge: remote IRR stays clear",
         u64::from(rte_lo(p) & REMOTE_IRR),
         0,
@@ -244,7 +280,7 @@ fn edge() {
     settle();
     rte(p, u32::from(v), 0);
     settle();
-    check_eq(
+    ckeq(
         "edge: an edge while masked is lost (not delivered on unmask)",
         u64::from(got(0, v) - b),
         0,
@@ -262,7 +298,7 @@ fn edge() {
     cpu::sti();
     cpu::wait_us(100_000, || (0..3).all(|k| got(0, pins[k].1) > base[k]));
     settle();
-    check(
+    ck(
         "edge: three pins pulsed together each deliver once",
         (0..3).all(|k| got(0, pins[k].1) - base[k] == 1),
     );
@@ -277,40 +313,40 @@ fn level() {
     rte(p, TRIG_LEVEL | u32::from(v), 0);
     let b = got(0, v);
     line(p, true);
-    check("level: asserting the line delivers", wait_got(0, v, b));
-    check(
+    ck("level: asserting the line delivers", wait_got(0, v, b));
+    ck(
         "level: remote IRR set while in service",
         rte_lo(p) & REMOTE_IRR != 0,
     );
-    check(
+    ck(
         "level: LAPIC TMR bit set for the vector",
         apic::bit(reg::TMR0, v),
     );
     settle();
-    check_eq(
+    ckeq(
         "level: no redelivery before EOI",
         u64::from(got(0, v) - b),
         1,
     );
     // EOI with the line still asserted: delivered again.
     apic::eoi();
-    check(
+    ck(
         "level: EOI with the line still asserted redelivers",
         wait_got(0, v, b + 1),
     );
-    check(
+    ck(
         "level: remote IRR set again after redelivery",
         rte_lo(p) & REMOTE_IRR != 0,
     );
     line(p, false);
     apic::eoi();
     settle();
-    check_eq(
+    ckeq(
         "level: EOI with the line low clears remote IRR",
         u64::from(rte_lo(p) & REMOTE_IRR),
         0,
     );
-    check_eq(
+    ckeq(
         "level: no delivery after EOI with the line low",
         u64::from(got(0, v) - b),
         2,
@@ -320,13 +356,13 @@ fn level() {
     let b = got(0, v);
     line(p, true);
     settle();
-    check_eq(
+    ckeq(
         "level: an asserted line does not deliver while masked",
         u64::from(got(0, v) - b),
         0,
     );
     rte(p, TRIG_LEVEL | u32::from(v), 0);
-    check(
+    ck(
         "level: unmasking an asserted line delivers",
         wait_got(0, v, b),
     );
@@ -334,24 +370,24 @@ fn level() {
     rte(p, MASKED | TRIG_LEVEL | u32::from(v), 0);
     apic::eoi();
     settle();
-    check_eq(
+    ckeq(
         "level: EOI while masked clears remote IRR",
         u64::from(rte_lo(p) & REMOTE_IRR),
         0,
     );
-    check_eq(
+    ckeq(
         "level: no delivery while masked after EOI",
         u64::from(got(0, v) - b),
         1,
     );
     rte(p, TRIG_LEVEL | u32::from(v), 0);
-    check(
+    ck(
         "level: unmasking after EOI with the line still high delivers",
         wait_got(0, v, b + 1),
     );
     // Switching the entry to edge clears remote IRR.
     rte(p, u32::from(v), 0);
-    check_eq(
+    ckeq(
         "level: switching the entry to edge clears remote IRR",
         u64::from(rte_lo(p) & REMOTE_IRR),
         0,
@@ -371,20 +407,20 @@ fn polarity() {
     rte(p, ACTIVE_LOW | TRIG_LEVEL | u32::from(v), 0);
     let b = got(0, v);
     settle();
-    check_eq(
+    ckeq(
         "polarity: active-low line held high does not deliver",
         u64::from(got(0, v) - b),
         0,
     );
     line(p, false);
-    check(
+    ck(
         "polarity: active-low line pulled low delivers",
         wait_got(0, v, b),
     );
     line(p, true);
     apic::eoi();
     settle();
-    check_eq(
+    ckeq(
         "polarity: EOI after release clears remote IRR",
         u64::from(rte_lo(p) & REMOTE_IRR),
         0,
@@ -402,7 +438,7 @@ fn polarity() {
     for _ in 0..n {
         apic::eoi();
     }
-    check_eq(
+    ckeq(
         "polarity: the asserted state follows a polarity change while the line is high",
         u64::from(n),
         0,
@@ -421,8 +457,8 @@ fn serial() {
     let iir = unsafe { cpu::inb(0x3fa) };
     unsafe { cpu::outb(0x3f9, 0x00) };
     settle();
-    check("serial: THR-empty interrupt arrives on IOAPIC pin 4", ok);
-    check_eq(
+    ck("serial: THR-empty interrupt arrives on IOAPIC pin 4", ok);
+    ckeq(
         "serial: IIR identifies THR empty",
         u64::from(iir & 0x0f),
         0x02,
@@ -430,24 +466,56 @@ fn serial() {
     rte(p, MASKED, 0);
 }
 
-fn destinations(n: usize) {
+fn start_aps(n: usize) -> bool {
     if n < 2 {
+        return false;
+    }
+    smp::set_ap_main(ap_main);
+    let up = smp::start_aps(n as u32 - 1, 2_000_000);
+    ckeq("APs started", u64::from(up), n as u64 - 1);
+    cpu::delay_us(5000);
+    up == n as u32 - 1
+}
+
+/// Physical, logical, lowest-priority and AP-level checks, then directed
+/// EOI, in x2APIC mode (IDs = CPU index, logical = cluster 0, bit i).
+fn x2apic(n: usize, aps: bool, ver: u32) {
+    if cpu::cpuid(1, 0).ecx & (1 << 21) == 0 {
+        apic::set_mode_x2apic(true);
+        sk("IOAPIC checks", "CPUID.1:ECX.x2APIC is clear");
+        apic::set_mode_x2apic(false);
+        return;
+    }
+    if aps {
+        X2_REQ.store(1, Relaxed);
+        apic::send_ipi(0, apic::ICR_OTHERS | 0xf0);
+        let all = cpu::wait_us(200_000, || (1..n).all(|i| X2_DONE[i].load(Relaxed) != 0));
+        apic::enable_x2apic();
+        ck("every AP switches to x2APIC", all);
+        if !all {
+            return;
+        }
+    } else {
+        apic::enable_x2apic();
+    }
+    destinations(n, aps);
+    directed_eoi(ver);
+}
+
+fn destinations(n: usize, aps: bool) {
+    if !aps {
         for name in [
             "physical destination: only the addressed CPU",
-            "logical flat destination: only the selected CPU",
-            "logical flat destination: several CPUs",
+            "logical destination: only the selected CPU",
+            "logical destination: several CPUs",
             "IOAPIC lowest priority: exactly one CPU gets it",
             "IOAPIC lowest priority: the CPU with the lowest TPR gets it",
             "level to an AP: handler deasserts, its EOI clears remote IRR",
         ] {
-            skip(name, "needs --cpus 2");
+            sk(name, "needs --cpus 2");
         }
         return;
     }
-    smp::set_ap_main(ap_main);
-    let up = smp::start_aps(n as u32 - 1, 2_000_000);
-    check_eq("APs started", u64::from(up), n as u64 - 1);
-    cpu::delay_us(5000);
     let p = 21u8;
     // Pulses pin 21 routed by `lo`/`dest`; waits until `want` CPUs (the
     // first `want`, or any one if 0) got it, then for strays.
@@ -464,30 +532,30 @@ fn destinations(n: usize) {
         core::array::from_fn(|i| got(i, v) - b[i])
     };
     let g = deliver(0, 1, 0x62, 1);
-    check(
+    ck(
         "physical destination: only the addressed CPU",
         (0..n).all(|i| g[i] == u32::from(i == 1)),
     );
     let g = deliver(LOGICAL, 0x02, 0x63, 1);
-    check(
-        "logical flat destination: only the selected CPU",
+    ck(
+        "logical destination: only the selected CPU",
         (0..n).all(|i| g[i] == u32::from(i == 1)),
     );
     let g = deliver(LOGICAL, 0x03, 0x64, 2);
-    check(
-        "logical flat destination: several CPUs",
+    ck(
+        "logical destination: several CPUs",
         (0..n).all(|i| g[i] == u32::from(i < 2)),
     );
     // Lowest priority among CPUs 0 and 1: the BSP raises its TPR.
     apic::write(reg::TPR, 0x40);
     let g = deliver(LOGICAL | LOWEST, 0x03, 0x65, 0);
     apic::write(reg::TPR, 0);
-    check_eq(
+    ckeq(
         "IOAPIC lowest priority: exactly one CPU gets it",
         u64::from(g.iter().sum::<u32>()),
         1,
     );
-    check(
+    ck(
         "IOAPIC lowest priority: the CPU with the lowest TPR gets it",
         g[1] == 1,
     );
@@ -504,7 +572,7 @@ fn destinations(n: usize) {
     cpu::wait_us(100_000, || rte_lo(p) & REMOTE_IRR == 0);
     settle();
     let (cnt, irr) = (got(1, AP_LEVEL_VEC) - b, rte_lo(p) & REMOTE_IRR);
-    if !check(
+    if !ck(
         "level to an AP: handler deasserts, its EOI clears remote IRR",
         ok && cnt == 1 && irr == 0,
     ) {
@@ -524,26 +592,26 @@ fn directed_eoi(ver: u32) {
     idt::set_auto_eoi(false);
     let lvr24 = apic::read(reg::VERSION) & (1 << 24) != 0;
     if !lvr24 {
-        skip(
+        sk(
             "directed EOI: SVR bit 12 writable",
             "LAPIC version bit 24 clear",
         );
-        skip(
+        sk(
             "directed EOI: LAPIC EOI leaves remote IRR set with suppress-EOI-broadcast",
             "LAPIC version bit 24 clear",
         );
-        skip(
+        sk(
             "directed EOI: IOAPIC EOI register clears remote IRR",
             "LAPIC version bit 24 clear",
         );
-        skip(
+        sk(
             "directed EOI: IOAPIC EOI register with the line asserted redelivers",
             "LAPIC version bit 24 clear",
         );
     } else {
         let svr = apic::read(reg::SVR);
         apic::write(reg::SVR, svr | (1 << 12));
-        check(
+        ck(
             "directed EOI: SVR bit 12 writable",
             apic::read(reg::SVR) & (1 << 12) != 0,
         );
@@ -553,7 +621,7 @@ fn directed_eoi(ver: u32) {
         let ok = wait_got(0, v, b);
         apic::eoi();
         settle();
-        check(
+        ck(
             "directed EOI: LAPIC EOI leaves remote IRR set with suppress-EOI-broadcast",
             ok && rte_lo(p) & REMOTE_IRR != 0 && got(0, v) - b == 1,
         );
@@ -561,7 +629,7 @@ fn directed_eoi(ver: u32) {
             // Line still high: the EOI register clears remote IRR and the
             // IOAPIC sends again.
             unsafe { cpu::mmio_write32(IOEOI, u32::from(v)) };
-            check(
+            ck(
                 "directed EOI: IOAPIC EOI register with the line asserted redelivers",
                 wait_got(0, v, b + 1),
             );
@@ -569,17 +637,17 @@ fn directed_eoi(ver: u32) {
             apic::eoi();
             unsafe { cpu::mmio_write32(IOEOI, u32::from(v)) };
             settle();
-            check_eq(
+            ckeq(
                 "directed EOI: IOAPIC EOI register clears remote IRR",
                 u64::from(rte_lo(p) & REMOTE_IRR),
                 0,
             );
         } else {
-            skip(
+            sk(
                 "directed EOI: IOAPIC EOI register clears remote IRR",
                 "IOAPIC version 0x11",
             );
-            skip(
+            sk(
                 "directed EOI: IOAPIC EOI register with the line asserted redelivers",
                 "IOAPIC version 0x11",
             );
@@ -601,19 +669,19 @@ fn directed_eoi(ver: u32) {
         let kept = rte_lo(p) & REMOTE_IRR != 0;
         apic::eoi();
         settle();
-        check("version 0x11: EOI register write is ignored", ok && kept);
-        check_eq(
+        ck("version 0x11: EOI register write is ignored", ok && kept);
+        ckeq(
             "version 0x11: LAPIC EOI broadcast clears remote IRR",
             u64::from(rte_lo(p) & REMOTE_IRR),
             0,
         );
         rte(p, MASKED, 0);
     } else {
-        skip(
+        sk(
             "version 0x11: EOI register write is ignored",
             "IOAPIC version 0x20",
         );
-        skip(
+        sk(
             "version 0x11: LAPIC EOI broadcast clears remote IRR",
             "IOAPIC version 0x20",
         );
