@@ -184,29 +184,7 @@ impl IoApicDevice {
         if g.routed == Some(table) {
             return;
         }
-        let mut entries = Vec::new();
-        for (pin, bits) in table.iter().enumerate() {
-            let e = IoApicRedirection::from_bits(*bits);
-            let (d, i) = ioapic_message(
-                e.destination_id(),
-                e.logical(),
-                e.vector(),
-                e.delivery_mode(),
-                e.level_triggered(),
-            );
-            let Ok((address, data)) = vlapic::msi::encode(&d, &i, false) else {
-                continue;
-            };
-            let mut r = kvm_irq_routing_entry {
-                gsi: pin as u32,
-                type_: KVM_IRQ_ROUTING_MSI,
-                ..Default::default()
-            };
-            r.u.msi.address_lo = address as u32;
-            r.u.msi.address_hi = (address >> 32) as u32;
-            r.u.msi.data = data;
-            entries.push(r);
-        }
+        let entries = msi_routes(&table);
         match KvmIrqRouting::from_entries(&entries) {
             Ok(routing) => match vm.set_gsi_routing(&routing) {
                 Ok(()) => {
@@ -260,6 +238,39 @@ impl IoApicDevice {
     pub fn stats(&self) -> IoApicDeviceStats {
         lock(&self.inner).stats
     }
+}
+
+/// The split-mode GSI routes for a redirection table: GSI = pin, an MSI
+/// with the entry's message whether masked or not (KVM only reads them to
+/// learn which vectors are level-triggered IOAPIC vectors for which vCPU,
+/// and so which EOIs to forward). An entry whose message cannot be
+/// encoded as an MSI gets no route (cannot happen with the 15-bit
+/// destinations of a redirection entry; kept for safety).
+pub fn msi_routes(table: &[u64]) -> Vec<kvm_irq_routing_entry> {
+    let mut entries = Vec::new();
+    for (pin, bits) in table.iter().enumerate() {
+        let e = IoApicRedirection::from_bits(*bits);
+        let (d, i) = ioapic_message(
+            e.destination_id(),
+            e.logical(),
+            e.vector(),
+            e.delivery_mode(),
+            e.level_triggered(),
+        );
+        let Ok((address, data)) = vlapic::msi::encode(&d, &i, false) else {
+            continue;
+        };
+        let mut r = kvm_irq_routing_entry {
+            gsi: pin as u32,
+            type_: KVM_IRQ_ROUTING_MSI,
+            ..Default::default()
+        };
+        r.u.msi.address_lo = address as u32;
+        r.u.msi.address_hi = (address >> 32) as u32;
+        r.u.msi.data = data;
+        entries.push(r);
+    }
+    entries
 }
 
 /// The interrupt lines devices drive: into this VMM's IOAPIC (user and
@@ -409,6 +420,32 @@ mod tests {
         lines.test_port_read(&mut d);
         assert_eq!(d, [0; 4]);
     }
+
+    #[test]
+    fn split_routes_carry_trigger_mode_and_destination() {
+        // Pin 0: masked level vector 0x51 to APIC 2; pin 1: edge 0x41
+        // logical 0x03 lowest priority; pin 2: reset (masked, vector 0).
+        let table = [
+            (2u64 << 56) | MASK_BIT | 0x8051,
+            (3u64 << 56) | (1 << 11) | (1 << 8) | 0x41,
+            MASK_BIT,
+        ];
+        let r = msi_routes(&table);
+        assert_eq!(r.len(), 3);
+        // SAFETY: msi_routes fills the msi member of every entry.
+        let m = |i: usize| unsafe { r[i].u.msi };
+        assert_eq!(r[0].gsi, 0);
+        assert_eq!(r[0].type_, KVM_IRQ_ROUTING_MSI);
+        assert_eq!(m(0).address_lo, 0xfee0_2000);
+        assert_eq!(m(0).address_hi, 0);
+        assert_eq!(m(0).data, 0xc051, "level, assert, fixed, 0x51");
+        assert_eq!(m(1).address_lo, 0xfee0_3004, "logical");
+        assert_eq!(m(1).data & 0x8000, 0, "edge");
+        assert_eq!(m(1).data & 0x7ff, 0x141);
+        assert_eq!(r[2].gsi, 2);
+    }
+
+    const MASK_BIT: u64 = 1 << 16;
 
     #[test]
     fn window_and_pulse() {
