@@ -469,10 +469,24 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
             initial,
         );
         let sh = shared.clone();
+        let ctl = controls[i as usize].clone();
         let h = std::thread::Builder::new()
             .name(format!("vcpu{i}"))
             .spawn(move || {
-                let stats = t.run();
+                // A panic (a LAPIC model bug hit by guest input) must end
+                // the VM with an error: unwinding past `thread_exited`
+                // left the VMM waiting forever for this vCPU.
+                let stats = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.run()))
+                    .unwrap_or_else(|p| {
+                        ctl.unbind_thread();
+                        let msg = p
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "(no message)".into());
+                        sh.finish(Outcome::Error(format!("vCPU {i}: panic: {msg}")));
+                        VcpuStats::default()
+                    });
                 sh.thread_exited();
                 stats
             })

@@ -83,6 +83,7 @@ struct Run {
 
 /// Runs the VMM and collects its exit status and its own rusage
 /// (`wait4`). A watchdog kills it if it outlives `WALL_LIMIT` by far.
+#[allow(clippy::zombie_processes)] // reaped by wait4, not Child::wait
 fn run_vmm(args: &[&str]) -> Run {
     let t0 = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vlapic-vmm"))
@@ -267,4 +268,102 @@ fn abuse_kernel_irqchip_reference() {
     let _g = serial();
     let (_run, s) = abuse("kernel");
     assert_eq!(s.get("rejected").map(String::as_str), Some("n/a"), "{s:?}");
+}
+
+/// A LAPIC that panics on vCPU 0's first ICR write: a stand-in for a
+/// model bug that guest input reaches.
+struct PanicOnIcr {
+    inner: Box<dyn vlapic_vmm::lapic_backend::LapicBackend>,
+    armed: bool,
+}
+
+impl vlapic_vmm::lapic_backend::LapicBackend for PanicOnIcr {
+    fn mmio_base(&self) -> Option<u64> {
+        self.inner.mmio_base()
+    }
+    fn mmio_read(&mut self, now_ns: u64, offset: u64, data: &mut [u8]) {
+        self.inner.mmio_read(now_ns, offset, data)
+    }
+    fn mmio_write(&mut self, now_ns: u64, offset: u64, data: &[u8]) {
+        assert!(!(self.armed && offset == 0x300), "injected LAPIC bug");
+        self.inner.mmio_write(now_ns, offset, data)
+    }
+    fn msr_read(&mut self, now_ns: u64, msr: u32) -> Result<u64, vlapic_vmm::lapic_backend::Gp> {
+        self.inner.msr_read(now_ns, msr)
+    }
+    fn msr_write(
+        &mut self,
+        now_ns: u64,
+        msr: u32,
+        value: u64,
+    ) -> Result<(), vlapic_vmm::lapic_backend::Gp> {
+        self.inner.msr_write(now_ns, msr, value)
+    }
+    fn poll(&mut self, now_ns: u64) -> vlapic_vmm::lapic_backend::Pending {
+        self.inner.poll(now_ns)
+    }
+    fn acknowledge(&mut self, now_ns: u64) -> u8 {
+        self.inner.acknowledge(now_ns)
+    }
+    fn take_nmi(&mut self) -> bool {
+        self.inner.take_nmi()
+    }
+    fn models_run_state(&self) -> bool {
+        self.inner.models_run_state()
+    }
+    fn take_init(&mut self) -> bool {
+        self.inner.take_init()
+    }
+    fn take_sipi(&mut self) -> Option<u8> {
+        self.inner.take_sipi()
+    }
+    fn next_deadline_ns(&self) -> Option<u64> {
+        self.inner.next_deadline_ns()
+    }
+    fn cr8(&self) -> u8 {
+        self.inner.cr8()
+    }
+    fn set_cr8(&mut self, now_ns: u64, cr8: u8) {
+        self.inner.set_cr8(now_ns, cr8)
+    }
+}
+
+/// A panic in a vCPU thread ends the VM with an error at once (it used
+/// to leave the VMM waiting forever for that vCPU).
+#[test]
+fn vcpu_panic_ends_the_vm() {
+    if !kvm_available() {
+        return;
+    }
+    let _g = serial();
+    let elf = guest_dir().join("abuse.elf");
+    let cfg = match vlapic_vmm::args::parse([
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--cpus",
+        "2",
+        "--serial",
+        "none",
+    ])
+    .unwrap()
+    {
+        vlapic_vmm::args::Command::Run(c) => c,
+        other => panic!("{other:?}"),
+    };
+    let inner = vlapic_vmm::vlapic_backend::VlapicBackend::factory();
+    let factory: vlapic_vmm::lapic_backend::BackendFactory = std::sync::Arc::new(move |ctx| {
+        Box::new(PanicOnIcr {
+            inner: inner(ctx),
+            armed: ctx.cpu == 0,
+        }) as Box<dyn vlapic_vmm::lapic_backend::LapicBackend>
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(vlapic_vmm::run(&cfg, Some(factory)).map_err(|e| e.to_string()));
+    });
+    let r = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the VMM hung after a vCPU thread panicked");
+    let e = r.expect_err("a panicking vCPU must end the VM with an error");
+    assert!(e.contains("vCPU 0: panic: injected LAPIC bug"), "{e}");
 }
