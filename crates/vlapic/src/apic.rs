@@ -1095,14 +1095,15 @@ impl LocalApic {
     }
 
     /// A host (VMM) write of `IA32_APIC_BASE`, for restore paths: any
-    /// valid state may be entered directly; only the invalid EN=0/EXTD=1
-    /// combination and x2APIC without the x2APIC feature are refused.
+    /// valid state may be entered directly, bypassing the guest's
+    /// transition rules, and the BSP bit is taken as written. Invalid
+    /// values are still refused: reserved bits (0-7, 9, at or above
+    /// MAXPHYADDR), EXTD without the x2APIC feature, EN=0 with EXTD=1.
     pub fn host_set_apic_base(&mut self, value: u64) -> Result<Option<Message>, Fault> {
-        let new = ApicBase::from_bits(value & !ApicBase::ALWAYS_RESERVED);
+        mode::check_reserved(value, self.cfg.max_phys_addr_bits, self.cfg.x2apic)?;
+        let new = ApicBase::from_bits(value);
         let new_mode = ApicMode::of(new).ok_or(Fault::Gp)?;
-        if new_mode == ApicMode::X2Apic && !self.cfg.x2apic {
-            return Err(Fault::Gp);
-        }
+        self.cfg.bsp = new.bsp();
         Ok(self.apply_apic_base(new, new_mode))
     }
 
@@ -1121,7 +1122,11 @@ impl LocalApic {
                     // Re-enabled: xAPIC with the initial ID.
                     self.xapic_id = self.cfg.apic_id as u8;
                     if old_mode == ApicMode::X2Apic {
+                        // Only a host write gets here: the xAPIC layout
+                        // has no derived LDR and an 8-bit ICR destination.
                         self.ldr = 0;
+                        self.icr
+                            .set_destination(self.icr.destination() & 0xFF00_0000);
                     }
                 }
                 ApicMode::X2Apic => {

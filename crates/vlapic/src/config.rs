@@ -32,7 +32,8 @@ pub struct ApicConfig {
     pub bus_frequency_hz: u64,
     /// Guest TSC frequency in Hz (for `IA32_TSC_DEADLINE`).
     pub tsc_frequency_hz: u64,
-    /// Guest TSC value at time 0 of the embedder's clock.
+    /// Guest TSC value at time 0 of the embedder's clock, two's complement
+    /// (negative when the guest TSC started after time 0).
     pub tsc_offset: u64,
     /// Shortest period of the periodic timer in ns: shorter periods are
     /// stretched to this so a guest cannot flood the host (KVM's default

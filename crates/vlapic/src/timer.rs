@@ -19,7 +19,8 @@ pub struct TimeBase {
     pub bus_hz: u64,
     /// Guest TSC frequency in Hz.
     pub tsc_hz: u64,
-    /// Guest TSC value at `now == 0`.
+    /// Guest TSC value at `now == 0`, two's complement: a guest TSC that
+    /// started after the embedder's time 0 gives a negative value.
     pub tsc_offset: u64,
 }
 
@@ -39,20 +40,33 @@ impl TimeBase {
         ))
     }
 
-    /// Guest TSC at `now_ns`.
+    /// Guest TSC at `now_ns` (modulo 2^64).
     #[inline]
     pub fn tsc_at(&self, now_ns: u64) -> u64 {
-        let ticks = now_ns as u128 * self.tsc_hz.max(1) as u128 / NS_PER_SEC;
-        self.tsc_offset.wrapping_add(ticks as u64)
+        self.guest_tsc(now_ns) as u64
     }
 
-    /// First instant (ns) at which the guest TSC reaches `tsc` (0 if it
-    /// already has at time 0). TSC values compare modulo 2^64 within
-    /// +-2^63 ticks, so an offset that wrapped (a guest TSC that started
-    /// after the embedder's time 0) works.
+    /// Guest TSC at `now_ns` without wrapping: `tsc_offset` is the guest
+    /// TSC at time 0 as a two's-complement signed value (negative when the
+    /// guest TSC started after the embedder's time 0).
     #[inline]
-    pub fn ns_at_tsc(&self, tsc: u64) -> u64 {
-        let ticks = tsc.wrapping_sub(self.tsc_offset) as i64;
+    fn guest_tsc(&self, now_ns: u64) -> i128 {
+        let ticks = now_ns as u128 * self.tsc_hz.max(1) as u128 / NS_PER_SEC;
+        self.tsc_offset as i64 as i128 + ticks as i128
+    }
+
+    /// Whether the guest TSC at `now_ns` has reached `deadline` (an
+    /// unsigned 64-bit TSC value, compared as the CPU does).
+    #[inline]
+    pub fn tsc_reached(&self, now_ns: u64, deadline: u64) -> bool {
+        self.guest_tsc(now_ns) >= deadline as i128
+    }
+
+    /// First instant (ns) at which the guest TSC reaches `deadline` (0 if
+    /// it already had at time 0; saturates for deadlines centuries away).
+    #[inline]
+    pub fn ns_at_tsc(&self, deadline: u64) -> u64 {
+        let ticks = deadline as i128 - self.tsc_offset as i64 as i128;
         if ticks <= 0 {
             return 0;
         }
@@ -60,13 +74,6 @@ impl TimeBase {
             ticks as u128 * NS_PER_SEC,
             self.tsc_hz.max(1) as u128,
         ))
-    }
-
-    /// Whether the guest TSC at `now_ns` has reached `tsc` (modulo 2^64,
-    /// within +-2^63 ticks).
-    #[inline]
-    pub fn tsc_reached(&self, now_ns: u64, tsc: u64) -> bool {
-        self.tsc_at(now_ns).wrapping_sub(tsc) as i64 >= 0
     }
 
     /// Bus cycles in `ns` nanoseconds (rounded up).
@@ -495,6 +502,20 @@ mod tests {
         assert!(!t.advance(&tb, 0), "not fired at time 0");
         assert!(!t.advance(&tb, 2_999_999));
         assert!(t.advance(&tb, 3_000_000));
+    }
+
+    #[test]
+    fn tsc_deadline_far_future_is_not_past() {
+        // IA32_TSC_DEADLINE compares unsigned: a deadline 2^63 ahead is
+        // far in the future, not in the past.
+        let mut t = ApicTimer::new(0);
+        t.set_mode(&TB, 0, TimerMode::TscDeadline);
+        t.write_tsc_deadline(1000 + (1 << 63) - 1);
+        assert!(!t.advance(&TB, 2000));
+        assert!(t.next_expiry(&TB).unwrap() > 1 << 40);
+        t.write_tsc_deadline(u64::MAX);
+        assert!(!t.advance(&TB, u64::MAX / 4));
+        assert_eq!(t.next_expiry(&TB), Some(u64::MAX.div_ceil(2) - 500));
     }
 
     #[test]
