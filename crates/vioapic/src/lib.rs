@@ -208,6 +208,17 @@ impl core::fmt::Display for IoApicStateError {
     }
 }
 
+/// Whether an entry behaves level-triggered: only Fixed and lowest-priority
+/// entries do; NMI, SMI, INIT and ExtINT are edge-sensitive whatever the
+/// trigger bit says (82093AA datasheet 3.2.4), so they never set remote IRR.
+fn level_sensitive(e: IoApicRedirection) -> bool {
+    e.level_triggered()
+        && matches!(
+            e.delivery_mode(),
+            vlapic::DeliveryMode::Fixed | vlapic::DeliveryMode::LowestPriority
+        )
+}
+
 impl IoApic {
     /// An I/O APIC in its reset state: every entry masked, ID from the
     /// configuration. The pin count is clamped to 1..=32.
@@ -296,9 +307,7 @@ impl IoApic {
                     (old & 0xFFFF_FFFF) | ((value as u64) << 32)
                 };
                 let mut e = (new & RTE_WRITABLE) | (old & REMOTE_IRR);
-                if IoApicRedirection::from_bits(e).level_triggered() {
-                    // keep remote IRR
-                } else {
+                if !level_sensitive(IoApicRedirection::from_bits(e)) {
                     e &= !REMOTE_IRR;
                 }
                 self.rte[pin] = e;
@@ -386,7 +395,7 @@ impl IoApic {
             self.levels &= !bit;
         }
         let e = IoApicRedirection::from_bits(self.rte[pin as usize]);
-        if e.level_triggered() {
+        if level_sensitive(e) {
             self.service_level(pin, sink);
         } else {
             let asserted = high != e.active_low();
@@ -433,7 +442,7 @@ impl IoApic {
     /// Level-triggered entry: send if asserted, unmasked, remote IRR clear.
     fn service_level(&mut self, pin: u8, sink: &mut impl FnMut(IoApicMessage)) {
         let e = IoApicRedirection::from_bits(self.rte[pin as usize]);
-        if e.level_triggered() && !e.masked() && !e.remote_irr() && self.asserted(pin) {
+        if level_sensitive(e) && !e.masked() && !e.remote_irr() && self.asserted(pin) {
             self.send(pin, sink);
         }
     }
@@ -443,7 +452,7 @@ impl IoApic {
         let Some((destination, interrupt)) = e.message() else {
             return;
         };
-        if e.level_triggered() {
+        if level_sensitive(e) {
             self.rte[pin as usize] |= REMOTE_IRR;
         }
         self.stats.sent += 1;
@@ -482,7 +491,7 @@ impl IoApic {
         for (pin, e) in s.redirection.iter().enumerate() {
             let r = IoApicRedirection::from_bits(*e);
             let bad = e & !(RTE_WRITABLE | REMOTE_IRR) != 0
-                || (r.remote_irr() && !r.level_triggered())
+                || (r.remote_irr() && !level_sensitive(r))
                 || (pin >= self.pins() && *e != MASK && *e != 0);
             if bad {
                 return Err(IoApicStateError::Redirection(pin as u8));

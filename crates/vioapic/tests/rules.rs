@@ -173,6 +173,23 @@ fn level_pin_sets_remote_irr_and_waits_for_eoi() {
 }
 
 #[test]
+fn level_programmed_nmi_is_edge_sensitive() {
+    // 82093AA 3.2.4: NMI, SMI, INIT and ExtINT are edge-sensitive whatever
+    // the trigger bit says: no remote IRR, so no pin stuck without an EOI.
+    let mut io = io();
+    let mut out = vec![];
+    route(&mut io, 6, LEVEL | (4 << 8), &mut out);
+    io.set_pin(6, true, &mut |m| out.push(m));
+    io.set_pin(6, true, &mut |m| out.push(m));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].interrupt.delivery_mode, DeliveryMode::Nmi);
+    assert!(!io.redirection(6).unwrap().remote_irr());
+    io.set_pin(6, false, &mut |m| out.push(m));
+    io.set_pin(6, true, &mut |m| out.push(m));
+    assert_eq!(out.len(), 2, "the next rising edge delivers again");
+}
+
+#[test]
 fn unmasking_with_pending_level_delivers() {
     let mut io = io();
     let mut out = vec![];
