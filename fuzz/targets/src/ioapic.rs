@@ -59,7 +59,14 @@ fn check(io: &IoApic, before: &IoApicState, sent: &[IoApicMessage]) {
                 );
             }
         }
-        if e.level_triggered() && !e.masked() && io.asserted(pin) {
+        // Only Fixed / lowest-priority entries are level-sensitive (NMI,
+        // SMI, INIT, ExtINT are edge-sensitive whatever the trigger bit).
+        let level_sensitive = e.level_triggered()
+            && matches!(
+                e.delivery_mode(),
+                vlapic::DeliveryMode::Fixed | vlapic::DeliveryMode::LowestPriority
+            );
+        if level_sensitive && !e.masked() && io.asserted(pin) {
             assert!(
                 e.remote_irr(),
                 "asserted level pin {pin} not sent (entry {:#x})",
