@@ -449,11 +449,13 @@ impl IoApic {
 
     fn send(&mut self, pin: u8, sink: &mut impl FnMut(IoApicMessage)) {
         let e = IoApicRedirection::from_bits(self.rte[pin as usize]);
-        let Some((destination, interrupt)) = e.message() else {
+        let Some((destination, mut interrupt)) = e.message() else {
             return;
         };
         if level_sensitive(e) {
             self.rte[pin as usize] |= REMOTE_IRR;
+        } else {
+            interrupt.trigger = vlapic::TriggerMode::Edge;
         }
         self.stats.sent += 1;
         sink(IoApicMessage {

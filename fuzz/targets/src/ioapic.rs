@@ -28,7 +28,14 @@ fn check(io: &IoApic, before: &IoApicState, sent: &[IoApicMessage]) {
         per_pin[m.pin as usize] += 1;
         let e = io.redirection(m.pin).unwrap();
         assert!(!e.masked(), "message from masked pin {}: {m:?}", m.pin);
-        let (dest, irq) = e.message().expect("unmasked entry has a message");
+        let (dest, mut irq) = e.message().expect("unmasked entry has a message");
+        if !matches!(
+            irq.delivery_mode,
+            vlapic::DeliveryMode::Fixed | vlapic::DeliveryMode::LowestPriority
+        ) {
+            // NMI/SMI/INIT/ExtINT are sent edge-triggered.
+            irq.trigger = TriggerMode::Edge;
+        }
         assert_eq!(
             (dest, irq),
             (m.destination, m.interrupt),
