@@ -1027,7 +1027,7 @@ pub fn guest_main(boot: &BootInfo) {
     apic::send_ipi(0, apic::ICR_SELF | u32::from(SELF_V));
     check(
         "control cpu self IPI",
-        clk.wait(100_000, || {
+        clk.wait(1_000_000, || {
             SEEN0[usize::from(SELF_V)].load(Relaxed) != before
         }),
     );
@@ -1037,7 +1037,7 @@ pub fn guest_main(boot: &BootInfo) {
     apic::write(apic::reg::TMICT, 200_000);
     check(
         "control cpu one-shot timer",
-        clk.wait(200_000, || {
+        clk.wait(1_000_000, || {
             SEEN0[usize::from(TIMER_V)].load(Relaxed) != before
         }),
     );
