@@ -421,6 +421,9 @@ pub struct TimerService {
     wakeups: AtomicU64,
     fired: AtomicU64,
     cpu_ns: AtomicU64,
+    /// The deadline the thread sleeps until (`u64::MAX`: none); written
+    /// and read under `state`'s lock.
+    sleeping_until: AtomicU64,
 }
 
 /// Counters of the [`TimerService`] thread.
@@ -457,6 +460,7 @@ impl TimerService {
             wakeups: AtomicU64::new(0),
             fired: AtomicU64::new(0),
             cpu_ns: AtomicU64::new(0),
+            sleeping_until: AtomicU64::new(0),
         });
         let s = svc.clone();
         std::thread::Builder::new()
@@ -471,13 +475,11 @@ impl TimerService {
         let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = g.0.get_mut(cpu) {
             if *slot != deadline {
-                let earlier = match (deadline, *slot) {
-                    (Some(n), Some(o)) => n < o,
-                    (Some(_), None) => true,
-                    _ => false,
-                };
                 *slot = deadline;
-                if earlier {
+                // Wake the thread only if it sleeps past the new deadline
+                // (not on every re-arm after a fire: that doubled its
+                // wake-ups under periodic timers).
+                if deadline.is_some_and(|n| n < self.sleeping_until.load(Ordering::Relaxed)) {
                     self.cv.notify_all();
                 }
             }
@@ -521,6 +523,8 @@ impl TimerService {
                     }
                 }
             }
+            self.sleeping_until
+                .store(next.unwrap_or(u64::MAX), Ordering::Relaxed);
             g = match next {
                 None => self.cv.wait(g).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
@@ -608,6 +612,33 @@ mod tests {
         assert_eq!(st.fired, 1);
         assert!(st.wakeups >= 1 && st.cpu_ns > 0, "{st:?}");
         svc.arm(0, None);
+        svc.shutdown();
+    }
+
+    #[test]
+    fn timer_service_wakes_only_for_an_earlier_deadline() {
+        let clock = Clock::new();
+        let c: Vec<_> = (0..2)
+            .map(|i| Arc::new(VcpuControl::new(i, RunState::Running)))
+            .collect();
+        let svc = TimerService::start(clock, c.clone());
+        std::thread::sleep(Duration::from_millis(20));
+        let now = clock.now_ns();
+        svc.arm(0, Some(now + 2_000_000_000));
+        std::thread::sleep(Duration::from_millis(20));
+        let w = svc.stats().wakeups;
+        assert!(w >= 1);
+        // Later than what the thread sleeps until: no wake-up.
+        svc.arm(1, Some(now + 3_000_000_000));
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(svc.stats().wakeups, w);
+        // Earlier: wakes it, and it fires on time.
+        svc.arm(1, Some(clock.now_ns() + 10_000_000));
+        assert_eq!(
+            c[1].park(Some(Instant::now() + Duration::from_secs(5))),
+            Wake::Woken
+        );
+        assert_eq!(svc.stats().fired, 1);
         svc.shutdown();
     }
 
