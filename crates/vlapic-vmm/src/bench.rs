@@ -192,6 +192,10 @@ pub struct PhaseProfile {
     pub entry_ns: f64,
     /// Time waking other vCPUs (inside the backend calls), ns.
     pub wake_ns: f64,
+    /// Of which signalling them out of `KVM_RUN`, ns.
+    pub kick_ns: f64,
+    /// `KVM_INTERRUPT` ioctls, ns.
+    pub inject_ns: f64,
     /// Exits by kind.
     pub kinds: String,
 }
@@ -280,6 +284,8 @@ pub fn parse_output(stdout: &str, stderr: &str) -> RunResult {
                 "access_ns" => p.access_ns = field(&mut it).unwrap_or(0.0),
                 "entry_ns" => p.entry_ns = field(&mut it).unwrap_or(0.0),
                 "wake_ns" => p.wake_ns = field(&mut it).unwrap_or(0.0),
+                "kick_ns" => p.kick_ns = field(&mut it).unwrap_or(0.0),
+                "inject_ns" => p.inject_ns = field(&mut it).unwrap_or(0.0),
                 "kinds" => p.kinds = it.next().unwrap_or("").to_string(),
                 _ => {}
             }
@@ -389,6 +395,10 @@ pub struct Summary {
     pub lapic_ns_per_exit: Option<f64>,
     /// Waking other vCPUs, ns per exit.
     pub wake_ns_per_exit: Option<f64>,
+    /// Of which kick signals, ns per exit.
+    pub kick_ns_per_exit: Option<f64>,
+    /// `KVM_INTERRUPT`, ns per exit.
+    pub inject_ns_per_exit: Option<f64>,
     /// Of which the exit's own access.
     pub access_ns_per_exit: Option<f64>,
     /// Exit kinds of the first profiled run.
@@ -428,6 +438,8 @@ pub fn summarize(op: &str, runs: &[RunResult]) -> Option<Summary> {
             p.access_ns += pp.access_ns;
             p.entry_ns += pp.entry_ns;
             p.wake_ns += pp.wake_ns;
+            p.kick_ns += pp.kick_ns;
+            p.inject_ns += pp.inject_ns;
             if s.kinds.is_empty() {
                 s.kinds = pp.kinds.clone();
             }
@@ -445,6 +457,8 @@ pub fn summarize(op: &str, runs: &[RunResult]) -> Option<Summary> {
             s.lapic_ns_per_exit = Some((p.access_ns + p.entry_ns - p.wake_ns).max(0.0) / e);
             s.access_ns_per_exit = Some(p.access_ns / e);
             s.wake_ns_per_exit = Some(p.wake_ns / e);
+            s.kick_ns_per_exit = Some(p.kick_ns / e);
+            s.inject_ns_per_exit = Some(p.inject_ns / e);
         }
     }
     Some(s)
@@ -565,14 +579,14 @@ pub fn render(o: &Options, user: &[RunResult], kernel: &[RunResult]) -> (String,
     let bare_ns = bare_u.as_ref().map(|b| b.median_ns);
     let _ = writeln!(
         s,
-        "\nUserspace LAPIC (vlapic), host side (`--profile`): per exit to userspace, the userspace time between KVM_RUNs (decode, devices, LAPIC, injection ioctls, timer arming; parked time excluded), the LAPIC backend's part of it (vlapic and its fabric: the exit's own access + the per-entry poll/acknowledge/queries; waking other vCPUs - condvar notify, signal - is shown apart, as VMM plumbing), that part as a share of the userspace time and of a whole bare exit round trip as the guest measures it (`exit_out` median {}).\n",
+        "\nUserspace LAPIC (vlapic), host side (`--profile`): per exit to userspace, the userspace time between KVM_RUNs (decode, devices, LAPIC, injection ioctls, timer arming; parked time excluded), the LAPIC backend's part of it (vlapic and its fabric: the exit's own access + the per-entry poll/acknowledge/queries; waking other vCPUs - condvar notify, signal - is shown apart, as VMM plumbing, and so is the injection ioctl), that part as a share of the userspace time and of a whole bare exit round trip as the guest measures it (`exit_out` median {}).\n",
         opt(bare_ns, fmt_ns)
     );
     let _ = writeln!(
         s,
-        "| operation | exits/op | KVM_RUNs/op | userspace ns/exit | LAPIC ns/exit | vCPU wakes ns/exit | LAPIC share of userspace | LAPIC share of a bare exit | exit kinds (one run) |"
+        "| operation | exits/op | KVM_RUNs/op | userspace ns/exit | LAPIC ns/exit | KVM_INTERRUPT ns/exit | vCPU wakes ns/exit (signals) | LAPIC share of userspace | LAPIC share of a bare exit | exit kinds (one run) |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for (op, _) in OPERATIONS {
         let Some(u) = summarize(op, user) else {
             continue;
@@ -587,12 +601,14 @@ pub fn render(o: &Options, user: &[RunResult], kernel: &[RunResult]) -> (String,
         };
         let _ = writeln!(
             s,
-            "| {op} | {} | {} | {} | {} | {} | {share} | {share_bare} | {} |",
+            "| {op} | {} | {} | {} | {} | {} | {} ({}) | {share} | {share_bare} | {} |",
             opt(u.exits_per_op, |v| format!("{v:.2}")),
             opt(u.runs_per_op, |v| format!("{v:.2}")),
             opt(u.user_ns_per_exit, |v| format!("{v:.0}")),
             opt(u.lapic_ns_per_exit, |v| format!("{v:.0}")),
+            opt(u.inject_ns_per_exit, |v| format!("{v:.0}")),
             opt(u.wake_ns_per_exit, |v| format!("{v:.0}")),
+            opt(u.kick_ns_per_exit, |v| format!("{v:.0}")),
             if u.kinds.is_empty() { "-" } else { &u.kinds },
         );
     }

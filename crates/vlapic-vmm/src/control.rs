@@ -221,7 +221,7 @@ impl VcpuControl {
     /// Gets the vCPU out of `KVM_RUN` if it is in it.
     pub fn kick(&self) {
         if self.in_guest.load(Ordering::SeqCst) {
-            self.signal();
+            crate::profile::kicking(|| self.signal());
         }
     }
 

@@ -31,7 +31,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,15 @@ pub struct PhaseStats {
     pub wake_cycles: u64,
     /// Wakes.
     pub wakes: u64,
+    /// Of the wake time: signalling a vCPU out of `KVM_RUN`
+    /// (`pthread_kill`).
+    pub kick_cycles: u64,
+    /// Signals sent.
+    pub kicks: u64,
+    /// Cycles in the `KVM_INTERRUPT` ioctl (injection).
+    pub inject_cycles: u64,
+    /// Injections.
+    pub injects: u64,
 }
 
 impl PhaseStats {
@@ -87,6 +96,10 @@ impl PhaseStats {
         self.lapic_calls += o.lapic_calls;
         self.wake_cycles += o.wake_cycles;
         self.wakes += o.wakes;
+        self.kick_cycles += o.kick_cycles;
+        self.kicks += o.kicks;
+        self.inject_cycles += o.inject_cycles;
+        self.injects += o.injects;
     }
 
     /// Total exits.
@@ -97,9 +110,12 @@ impl PhaseStats {
 
 #[derive(Default)]
 struct Local {
+    /// Finished phases of this thread.
     stats: BTreeMap<u32, PhaseStats>,
-    /// Phase of the exit being handled.
+    /// The phase of the exit being handled, and its numbers so far (one
+    /// map lookup per phase change, not per event).
     phase: u32,
+    cur: PhaseStats,
     /// TSC when `KVM_RUN` returned (None before the first run).
     out_at: Option<u64>,
     run_at: u64,
@@ -128,9 +144,33 @@ fn with(f: impl FnOnce(&mut Local)) {
     LOCAL.with(|l| f(&mut l.borrow_mut()));
 }
 
-/// Turns profiling on for this process.
+impl Local {
+    /// Switches to phase `p` (keeping the numbers of the old one).
+    fn switch(&mut self, p: u32) {
+        if p != self.phase {
+            let old = std::mem::take(&mut self.cur);
+            self.stats.entry(self.phase).or_default().add(&old);
+            self.phase = p;
+        }
+    }
+}
+
+/// Cost of the timing itself (`RDTSC`; `RDTSC`), in cycles: the least
+/// of many tries, subtracted from every timed backend call.
+static OVERHEAD: AtomicU64 = AtomicU64::new(0);
+
+/// Turns profiling on for this process. Takes about 20 ms: measures the
+/// host TSC rate and the cost of a timing.
 pub fn enable() {
     START.get_or_init(|| (Instant::now(), tsc()));
+    let mut min = u64::MAX;
+    for _ in 0..10_000 {
+        let t0 = tsc();
+        min = min.min(tsc().saturating_sub(t0));
+    }
+    OVERHEAD.store(min, Relaxed);
+    std::thread::sleep(Duration::from_millis(20));
+    let _ = cycles_per_us();
     ENABLED.store(true, Relaxed);
 }
 
@@ -158,7 +198,7 @@ pub fn before_run() {
         if let Some(t) = l.out_at.take() {
             if !l.marker {
                 let parked = l.parked_ns;
-                let s = l.stats.entry(l.phase).or_default();
+                let s = &mut l.cur;
                 s.user_cycles += now.saturating_sub(t).saturating_sub(ns_to_cycles(parked));
                 s.parked_ns += parked;
             }
@@ -177,8 +217,8 @@ pub fn after_run() {
     }
     let now = tsc();
     with(|l| {
-        l.phase = PHASE.load(Relaxed);
-        let s = l.stats.entry(l.phase).or_default();
+        l.switch(PHASE.load(Relaxed));
+        let s = &mut l.cur;
         s.runs += 1;
         s.run_cycles += now.saturating_sub(l.run_at);
         l.out_at = Some(now);
@@ -193,12 +233,7 @@ pub fn exit(kind: &'static str) {
     }
     with(|l| {
         if !l.marker {
-            *l.stats
-                .entry(l.phase)
-                .or_default()
-                .exits
-                .entry(kind)
-                .or_insert(0) += 1;
+            *l.cur.exits.entry(kind).or_insert(0) += 1;
         }
     });
 }
@@ -225,9 +260,16 @@ pub fn parked(d: Duration) {
     with(|l| l.parked_ns += d.as_nanos() as u64);
 }
 
-/// Runs `f` (a vCPU wake) and accounts its time to the calling thread.
+/// VMM work timed apart from the backend calls.
+#[derive(Clone, Copy)]
+enum Extra {
+    Wake,
+    Kick,
+    Inject,
+}
+
 #[inline]
-pub fn waking<R>(f: impl FnOnce() -> R) -> R {
+fn extra<R>(e: Extra, f: impl FnOnce() -> R) -> R {
     if !on() {
         return f();
     }
@@ -235,11 +277,35 @@ pub fn waking<R>(f: impl FnOnce() -> R) -> R {
     let r = f();
     let dt = tsc().saturating_sub(t0);
     with(|l| {
-        let s = l.stats.entry(l.phase).or_default();
-        s.wake_cycles += dt;
-        s.wakes += 1;
+        let s = &mut l.cur;
+        let (c, n) = match e {
+            Extra::Wake => (&mut s.wake_cycles, &mut s.wakes),
+            Extra::Kick => (&mut s.kick_cycles, &mut s.kicks),
+            Extra::Inject => (&mut s.inject_cycles, &mut s.injects),
+        };
+        *c += dt;
+        *n += 1;
     });
     r
+}
+
+/// Runs `f` (a vCPU wake: `VcpuControl::wake`) and accounts its time to
+/// the calling thread.
+#[inline]
+pub fn waking<R>(f: impl FnOnce() -> R) -> R {
+    extra(Extra::Wake, f)
+}
+
+/// Runs `f` (a kick signal to a vCPU thread in `KVM_RUN`), timed.
+#[inline]
+pub fn kicking<R>(f: impl FnOnce() -> R) -> R {
+    extra(Extra::Kick, f)
+}
+
+/// Runs `f` (the `KVM_INTERRUPT` ioctl), timed.
+#[inline]
+pub fn injecting<R>(f: impl FnOnce() -> R) -> R {
+    extra(Extra::Inject, f)
 }
 
 /// Merges this thread's numbers into the process-wide table.
@@ -248,6 +314,8 @@ pub fn flush() {
         return;
     }
     with(|l| {
+        let cur = std::mem::take(&mut l.cur);
+        l.stats.entry(l.phase).or_default().add(&cur);
         let mut t = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
         for (p, s) in std::mem::take(&mut l.stats) {
             t.entry(p).or_default().add(&s);
@@ -291,26 +359,29 @@ pub fn totals() -> BTreeMap<u32, PhaseStats> {
 /// One `PROFILE:` line per phase:
 ///
 /// `PROFILE: phase P exits N runs R user_ns U access_ns A entry_ns E
-/// run_ns K parked_ns Z calls C wake_ns W wakes N kinds k1=n1,k2=n2`
+/// run_ns K parked_ns Z calls C wake_ns W wakes N kick_ns S kicks M
+/// inject_ns I injects J kinds k1=n1,k2=n2`
 ///
 /// (totals over the phase; `user_ns` is the userspace time between
 /// `KVM_RUN`s without parked time, `access_ns` + `entry_ns` the part of
 /// it inside the LAPIC backend, `wake_ns` the time spent waking vCPUs,
-/// mostly inside those backend calls).
+/// mostly inside those backend calls, `kick_ns` the signals among them,
+/// `inject_ns` the `KVM_INTERRUPT` ioctls).
 /// Wakes from the timer service thread are not included (it has no
 /// phase).
 pub fn report() -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "PROFILE: host_tsc_mhz {:.1} (phase 0 = outside any marked phase)",
-        cycles_per_us()
+        "PROFILE: host_tsc_mhz {:.1} timing_overhead_cycles {} (phase 0 = outside any marked phase)",
+        cycles_per_us(),
+        OVERHEAD.load(Relaxed)
     );
     for (p, st) in totals() {
         let kinds: Vec<String> = st.exits.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(
             s,
-            "PROFILE: phase {p} exits {} runs {} user_ns {:.0} access_ns {:.0} entry_ns {:.0} run_ns {:.0} parked_ns {} calls {} wake_ns {:.0} wakes {} kinds {}",
+            "PROFILE: phase {p} exits {} runs {} user_ns {:.0} access_ns {:.0} entry_ns {:.0} run_ns {:.0} parked_ns {} calls {} wake_ns {:.0} wakes {} kick_ns {:.0} kicks {} inject_ns {:.0} injects {} kinds {}",
             st.total_exits(),
             st.runs,
             cycles_to_ns(st.user_cycles),
@@ -321,6 +392,10 @@ pub fn report() -> String {
             st.lapic_calls,
             cycles_to_ns(st.wake_cycles),
             st.wakes,
+            cycles_to_ns(st.kick_cycles),
+            st.kicks,
+            cycles_to_ns(st.inject_cycles),
+            st.injects,
             if kinds.is_empty() { "-".into() } else { kinds.join(",") },
         );
     }
@@ -338,9 +413,11 @@ enum Bucket {
 fn timed<R>(b: Bucket, f: impl FnOnce() -> R) -> R {
     let t0 = tsc();
     let r = f();
-    let dt = tsc().saturating_sub(t0);
+    let dt = tsc()
+        .saturating_sub(t0)
+        .saturating_sub(OVERHEAD.load(Relaxed));
     with(|l| {
-        let s = l.stats.entry(l.phase).or_default();
+        let s = &mut l.cur;
         match b {
             Bucket::Access => s.access_cycles += dt,
             Bucket::Entry => s.entry_cycles += dt,

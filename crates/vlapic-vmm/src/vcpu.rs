@@ -30,7 +30,7 @@ pub fn inject_interrupt(vcpu: &VcpuFd, vector: u8) -> std::io::Result<()> {
         irq: u32::from(vector),
     };
     // SAFETY: KVM_INTERRUPT reads a kvm_interrupt we own; checked result.
-    let r = unsafe { ioctl_with_ref(vcpu, KVM_INTERRUPT(), &irq) };
+    let r = crate::profile::injecting(|| unsafe { ioctl_with_ref(vcpu, KVM_INTERRUPT(), &irq) });
     if r == 0 {
         Ok(())
     } else {
