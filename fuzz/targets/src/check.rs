@@ -8,9 +8,9 @@ use vlapic::regs::{LvtEntry, TimerMode};
 use vlapic::{ApicMode, ApicState, LocalApic, Lvt, Register, Stats};
 
 /// Whether to flag TSC deadlines 2^63 or more ticks after the guest TSC
-/// at time 0 (a known bug reports them as expired at time 0 and never
-/// fires them); off so that the fuzzers explore past it.
-pub const TSC_DEADLINE_HALF_RANGE: bool = false;
+/// at time 0 (a bug, fixed in 572c85f, reported them as expired at time 0
+/// and never fired them; `false` tolerates it).
+pub const TSC_DEADLINE_HALF_RANGE: bool = true;
 
 /// Which checks apply (states restored from arbitrary input may hold
 /// things no operation sequence produces; see `restore`).
@@ -106,8 +106,9 @@ pub fn apic(a: &LocalApic, now: u64, checks: Checks) {
     // Timer: next expiry strictly in the future after advance; TMCCT <= TMICT.
     if let Some(t) = a.next_timer_deadline() {
         let timer_mode = LvtEntry::from_bits(a.save(now).lvt[Lvt::Timer.index()]).timer_mode();
-        // Known bug (crates/vlapic/tests/hostile.rs,
-        // `tsc_deadline_half_range_reported_past_never_fires`).
+        // Was a bug (crates/vlapic/tests/hostile.rs,
+        // `tsc_deadline_half_range_reported_past_never_fires`), fixed in
+        // 572c85f.
         let known = !TSC_DEADLINE_HALF_RANGE && t == 0 && timer_mode == TimerMode::TscDeadline;
         ensure!(
             t > now || known,

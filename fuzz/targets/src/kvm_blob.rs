@@ -155,6 +155,13 @@ pub fn run(data: &[u8]) {
         if (was ^ now) & !ignored == 0 {
             continue;
         }
+        // Without CMCI (version max LVT 5) KVM leaves 0x2F0 at 0 and
+        // ApicState holds the reset value there (documented in
+        // vlapic_kvm::convert): a blob with 0x10000 there comes back as 0.
+        if off == 0x2F0 && !view.has_cmci() && was & !ignored == vlapic::regs::LVT_RESET && now == 0
+        {
+            continue;
+        }
         panic!(
             "register word {off:#05x} was {was:#010x}, round trip gives {now:#010x} \
              (apic_base {apic_base:#x}, {ids:?}, {x:?})\n{s:#x?}"
