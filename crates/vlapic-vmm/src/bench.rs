@@ -521,7 +521,7 @@ pub fn render(o: &Options, user: &[RunResult], kernel: &[RunResult]) -> (String,
     );
     let _ = writeln!(
         s,
-        "| operation | user (vlapic) median (p10-p90) | kernel (KVM) median (p10-p90) | user/kernel | exits/op user | exits/op kernel | user / bare exit | kernel / bare exit |"
+        "| operation | user (vlapic) median (p10-p90) | kernel (KVM) median (p10-p90) | user/kernel | exits to userspace/op, user | exits to userspace/op, kernel | user / bare exit | kernel / bare exit |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
     for (op, _) in OPERATIONS {

@@ -57,7 +57,6 @@ const ONESHOT_V: u8 = 0x61;
 const EN: u64 = 1 << 11;
 const EXTD: u64 = 1 << 10;
 
-static mut SAMPLES: [u64; MAX_N] = [0; MAX_N];
 /// TSC at the entry of the last timer handler.
 static TIMER_TSC: AtomicU64 = AtomicU64::new(0);
 /// BSP -> AP command: 1 = switch to x2APIC.
@@ -114,8 +113,9 @@ fn bench(name: &str, n: usize, mut f: impl FnMut(usize) -> Option<u64>) {
     let phase = PHASE.load(Relaxed) + 1;
     PHASE.store(phase, Relaxed);
     let n = n.min(MAX_N);
-    // SAFETY: single-threaded use (the BSP only); no other reference.
-    let s = unsafe { &mut *(&raw mut SAMPLES) };
+    // 8 KiB on the 64 KiB boot stack.
+    let mut buf = [0u64; MAX_N];
+    let s = &mut buf;
     set_phase(phase);
     let mut got = 0;
     for i in 0..n {
