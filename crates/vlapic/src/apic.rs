@@ -429,9 +429,13 @@ impl LocalApic {
     fn receive_init(&mut self) {
         self.init_registers();
         self.pending.init = true;
-        if !self.cfg.bsp {
-            self.run_state = RunState::WaitForSipi;
-        }
+        // After INIT an AP waits for SIPI; the BSP restarts at the reset
+        // vector (whatever state it was in before).
+        self.run_state = if self.cfg.bsp {
+            RunState::Running
+        } else {
+            RunState::WaitForSipi
+        };
     }
 
     fn drop_interrupt(&mut self, why: &str, irq: Interrupt) {

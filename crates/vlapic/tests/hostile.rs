@@ -146,7 +146,6 @@ fn tsc_deadline_half_range_reported_past_never_fires() {
 /// accepted in order, but still waiting for SIPI through the fabric.
 #[cfg(feature = "fabric")]
 #[test]
-#[ignore = "bug: SIPI then INIT to a BSP in wait-for-SIPI: fabric merge != sequential accept"]
 fn fabric_sipi_then_init_to_bsp_in_wait_for_sipi() {
     use vlapic::fabric::Fabric;
     use vlapic::{DeliveryMode, Destination, Interrupt};
