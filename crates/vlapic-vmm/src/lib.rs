@@ -16,7 +16,7 @@
 //! - [`lapic_backend`]: the userspace-LAPIC seam (and the minimal stub).
 //! - [`vlapic_backend`]: the real userspace LAPIC, `vlapic` + its fabric.
 //! - [`vcpu`]: the vCPU thread loop; [`vm`]: VM setup and [`vm::run`].
-//! - [`profile`]: `--profile`, per-phase exit cost accounting; [`bench`]:
+//! - [`profile`]: `--profile`, per-phase exit cost accounting; [`bench`](mod@bench):
 //!   the `bench` subcommand (guest microbenchmarks, both backends).
 
 #![warn(missing_docs)]
