@@ -25,9 +25,9 @@ pub const HOST_APIC_BASE_ABOVE_MAXPHYADDR: bool = true;
 pub const HOST_X2APIC_TO_XAPIC_WITH_ICR: bool = true;
 
 /// Whether host `IA32_APIC_BASE` writes may make an APIC that waits for
-/// SIPI the BSP (the fabric's inbox merge then differs from sequential
-/// delivery, a known issue); off so that the fuzzers explore past it.
-pub const BSP_IN_WAIT_FOR_SIPI: bool = false;
+/// SIPI the BSP (the fabric's inbox merge then differed from sequential
+/// delivery; fixed: INIT always leaves the BSP running).
+pub const BSP_IN_WAIT_FOR_SIPI: bool = true;
 
 /// Register offsets worth hitting with aligned 4-byte writes.
 pub const REG_OFFSETS: [u16; 26] = [
