@@ -166,6 +166,18 @@ proptest! {
         k.write(Register::Id, k.read(Register::Id) & 0xFF00_0000);
         k.write(Register::Tpr, k.read(Register::Tpr) & 0xFF);
         k.write(Register::Version, 0x0006_0014);
+        // What from_kvm documents as dropped: LVT status bits (delivery
+        // status; remote IRR of an entry that is not level-triggered) and
+        // the ICR's reserved bits.
+        for l in Lvt::ALL {
+            let mut v = k.read(l.register()) & !(1 << 12);
+            if v & (1 << 15) == 0 {
+                v &= !(1 << 14);
+            }
+            k.write(l.register(), v);
+        }
+        k.write(Register::IcrLow, k.read(Register::IcrLow) & vlapic::regs::Icr::LOW_WRITABLE);
+        k.write(Register::IcrHigh, k.read(Register::IcrHigh) & 0xFF00_0000);
         let st = KvmLapicState {
             lapic: k.into(),
             apic_base: 0xFEE0_0800 | if bsp { 0x100 } else { 0 },
