@@ -9,7 +9,7 @@ bash guests/build.sh >/dev/null
 export VLAPIC_GUEST_DIR="$PWD/target/guests"
 log=target/test-output.log
 set +e
-cargo test --workspace --all-features -- --nocapture 2>&1 | tee "$log"
+cargo test --workspace --all-features --no-fail-fast -- --nocapture 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 skips=$(grep -c '^SKIP: ' "$log" || true)
