@@ -20,11 +20,13 @@
 //! prints `SKIP: no /dev/kvm`. Guests are built by `guests/build.sh`
 //! (or taken from `VLAPIC_GUEST_DIR`).
 
+mod common;
+use common::*;
+
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const CPUS: u32 = 4;
@@ -34,41 +36,6 @@ const WALL_LIMIT: Duration = Duration::from_secs(60);
 const RSS_LIMIT_KIB: u64 = 256 * 1024;
 /// Minimum periodic timer period the LAPIC enforces (vlapic default).
 const MIN_PERIOD_US: f64 = 200.0;
-
-fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        println!("SKIP: no /dev/kvm");
-    }
-    ok
-}
-
-fn guest_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        if let Ok(d) = std::env::var("VLAPIC_GUEST_DIR") {
-            return PathBuf::from(d);
-        }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../..")
-            .canonicalize()
-            .unwrap();
-        let out = Command::new("bash")
-            .arg(root.join("guests/build.sh"))
-            .output()
-            .expect("running guests/build.sh");
-        assert!(
-            out.status.success(),
-            "guests/build.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        root.join("target/guests")
-    })
-}
 
 /// One finished VMM run.
 struct Run {

@@ -5,42 +5,12 @@
 //! Needs /dev/kvm; without it prints `SKIP: no /dev/kvm`. The guests are
 //! built by `guests/build.sh` (set VLAPIC_GUEST_DIR to use prebuilt ones).
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
+
 use std::process::Command;
 
 use vlapic_vmm::bench::OPERATIONS;
-
-fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        println!("SKIP: no /dev/kvm");
-    }
-    ok
-}
-
-fn guest_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("VLAPIC_GUEST_DIR") {
-        return PathBuf::from(d);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap();
-    let out = Command::new("bash")
-        .arg(root.join("guests/build.sh"))
-        .output()
-        .expect("running guests/build.sh");
-    assert!(
-        out.status.success(),
-        "guests/build.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    root.join("target/guests")
-}
 
 /// Whether a table cell starts with a number and a unit (`12.3 us`).
 fn has_number(cell: &str) -> bool {
@@ -60,7 +30,7 @@ fn bench_one_run_every_operation_has_numbers() {
     let out = Command::new(env!("CARGO_BIN_EXE_vlapic-vmm"))
         .args(["bench", "--runs", "1", "--cpus", "2", "--timeout", "300"])
         .arg("--guest-dir")
-        .arg(&dir)
+        .arg(dir)
         .env_remove("VLAPIC_KVM_DEVICE")
         .output()
         .expect("running vlapic-vmm bench");

@@ -8,40 +8,10 @@
 //! Needs /dev/kvm; without it prints `SKIP: no /dev/kvm`. The guests are
 //! built by `guests/build.sh` (set VLAPIC_GUEST_DIR to use prebuilt ones).
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
+
 use std::process::Command;
-
-fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        println!("SKIP: no /dev/kvm");
-    }
-    ok
-}
-
-fn guest_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("VLAPIC_GUEST_DIR") {
-        return PathBuf::from(d);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap();
-    let out = Command::new("bash")
-        .arg(root.join("guests/build.sh"))
-        .output()
-        .expect("running guests/build.sh");
-    assert!(
-        out.status.success(),
-        "guests/build.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    root.join("target/guests")
-}
 
 #[test]
 fn conformance_user_vs_kernel_1_and_2_cpus() {
@@ -53,7 +23,7 @@ fn conformance_user_vs_kernel_1_and_2_cpus() {
         .arg("conformance")
         .args(["--cpus-list", "1,2", "--x2apic", "both", "--diff-only"])
         .arg("--guest-dir")
-        .arg(&dir)
+        .arg(dir)
         .args(["--timeout", "300"])
         .env_remove("VLAPIC_KVM_DEVICE")
         .output()

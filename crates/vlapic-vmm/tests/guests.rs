@@ -4,61 +4,13 @@
 //! returns. The Rust guests are built by `guests/build.sh` (run here once
 //! per test run; set VLAPIC_GUEST_DIR to use prebuilt ones instead).
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
+
+use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use vlapic_vmm::loader::testing::make_elf;
-
-fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        println!("SKIP: no /dev/kvm");
-    }
-    ok
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// Directory with the built guests (builds them once if needed).
-fn guest_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        if let Ok(d) = std::env::var("VLAPIC_GUEST_DIR") {
-            return PathBuf::from(d);
-        }
-        // Always (re)build: cargo makes this a no-op when up to date, and
-        // it keeps the guests in step with the sources.
-        let root = workspace_root();
-        let out = Command::new("bash")
-            .arg(root.join("guests/build.sh"))
-            .output()
-            .expect("running guests/build.sh");
-        assert!(
-            out.status.success(),
-            "guests/build.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        root.join("target/guests")
-    })
-}
-
-fn vmm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vlapic-vmm"))
-        .args(args)
-        .env_remove("VLAPIC_KVM_DEVICE")
-        .output()
-        .expect("running vlapic-vmm")
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

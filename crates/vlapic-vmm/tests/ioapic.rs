@@ -9,54 +9,10 @@
 //! conformance runner documents it as a known KVM departure
 //! (`vlapic_vmm::conformance::departure`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+mod common;
+use common::*;
 
 use vlapic_vmm::conformance::{departure, parse_output, Status};
-
-fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        println!("SKIP: no /dev/kvm");
-    }
-    ok
-}
-
-fn guest_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        if let Ok(d) = std::env::var("VLAPIC_GUEST_DIR") {
-            return PathBuf::from(d);
-        }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../..")
-            .canonicalize()
-            .unwrap();
-        let out = Command::new("bash")
-            .arg(root.join("guests/build.sh"))
-            .output()
-            .expect("running guests/build.sh");
-        assert!(
-            out.status.success(),
-            "guests/build.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        root.join("target/guests")
-    })
-}
-
-fn vmm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vlapic-vmm"))
-        .args(args)
-        .env_remove("VLAPIC_KVM_DEVICE")
-        .output()
-        .expect("running vlapic-vmm")
-}
 
 /// Runs conf_ioapic; returns its checks and the whole stdout.
 fn run(irqchip: &str, extra: &[&str]) -> (Vec<(String, Status)>, String, String) {
