@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -105,15 +105,7 @@ fn flag(b: Backend) -> &'static str {
     }
 }
 
-fn default_guest_dir(vmm: &Path) -> PathBuf {
-    if let Ok(d) = std::env::var("VLAPIC_GUEST_DIR") {
-        return PathBuf::from(d);
-    }
-    vmm.parent()
-        .and_then(Path::parent)
-        .map(|t| t.join("guests"))
-        .unwrap_or_else(|| PathBuf::from("target/guests"))
-}
+use crate::conformance::default_guest_dir;
 
 /// Parses the subcommand's arguments (after `bench`); `None` = help.
 pub fn parse_args<I, S>(args: I) -> Result<Option<Options>, String>

@@ -377,7 +377,9 @@ prints check | userspace | in-kernel | note and a summary. Exit status 0
 when every userspace check passes and every difference between the
 backends is a documented KVM departure, 1 otherwise, 2 on usage errors.";
 
-fn default_guest_dir(vmm: &Path) -> PathBuf {
+/// Where the built guests are: `VLAPIC_GUEST_DIR`, else `target/guests`
+/// beside the running binary's profile directory.
+pub(crate) fn default_guest_dir(vmm: &Path) -> PathBuf {
     if let Ok(d) = std::env::var("VLAPIC_GUEST_DIR") {
         return PathBuf::from(d);
     }
