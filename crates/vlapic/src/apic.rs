@@ -1119,8 +1119,13 @@ impl LocalApic {
         if old_mode != new_mode {
             match new_mode {
                 ApicMode::Disabled => {
-                    // Hardware disable: back to the INIT state.
+                    // Hardware disable: the APIC's registers go back to
+                    // their INIT state. Events it already handed to the
+                    // processor (NMI, SMI, INIT, SIPI, ExtINT) are the
+                    // CPU's, not APIC registers, and stay pending.
+                    let pending = self.pending;
                     self.init_registers();
+                    self.pending = pending;
                 }
                 ApicMode::XApic => {
                     // Re-enabled: xAPIC with the initial ID.
