@@ -299,11 +299,18 @@ impl ApicTimer {
             let now_c = tb.cycles_at(now);
             let into = anchor.elapsed(now_c) % self.interval_cycles().max(1);
             let ticks_done = into / self.divide.divisor() as u64;
+            // In the stretched tail of a clamped periodic period the count
+            // already reads 0: it stays 0, and the cycles waited so far
+            // still count towards the minimum period (rescaling the ticks
+            // past TMICT would end the period at once).
+            let initial = self.initial_count as u64;
+            let done = if ticks_done >= initial {
+                into.max(initial * new.divisor() as u64)
+            } else {
+                ticks_done * new.divisor() as u64
+            };
             self.divide = new;
-            self.period_start = Some(Anchor {
-                cycle: now_c,
-                done: ticks_done * new.divisor() as u64,
-            });
+            self.period_start = Some(Anchor { cycle: now_c, done });
         } else {
             self.divide = new;
         }

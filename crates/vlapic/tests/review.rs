@@ -5,7 +5,10 @@
 
 mod common;
 use common::*;
-use vlapic::{DeliveryMode, Interrupt};
+use vlapic::{ApicConfig, DeliveryMode, Interrupt, LocalApic};
+
+const PERIODIC: u32 = 0x20000;
+const DIV1: u32 = 0b1011;
 
 /// Spec 2: "Hardware disable resets the APIC to its INIT state" - the
 /// APIC's registers. A pending NMI is the processor's (SDM 11.4.3: with
@@ -32,4 +35,49 @@ fn hardware_disable_keeps_pending_nmi_smi_init() {
     // The state stays restorable.
     let s = a.save(0);
     assert_eq!(a.validate(&s), Ok(()));
+}
+
+/// Spec 5: periodic periods shorter than the minimum are stretched, and
+/// "A divide change mid-count: define it (rescale the remainder)". In the
+/// stretched tail of a clamped period the count already reads 0; a TDCR
+/// write there rescaled the ticks elapsed *past* TMICT and ended the
+/// period at once, so the guest got its interrupt before the minimum
+/// period (one early interrupt per TDCR write).
+#[test]
+fn periodic_clamp_survives_divide_change() {
+    let mut a = LocalApic::new(
+        ApicConfig::new(0)
+            .with_bsp(true)
+            .with_min_periodic_ns(200_000),
+    );
+    w(&mut a, SVR, 0x1FF);
+    w(&mut a, TDCR, DIV1);
+    w(&mut a, LVT_TIMER, PERIODIC | 0x40);
+    wt(&mut a, 0, TMICT, 1);
+    assert_eq!(a.next_timer_deadline(), Some(200_000));
+    assert_eq!(rt(&mut a, 100_000, TMCCT), 0);
+    wt(&mut a, 100_000, TDCR, 0); // divide by 2
+    assert_eq!(rt(&mut a, 100_000, TMCCT), 0, "count kept");
+    assert_eq!(
+        a.next_timer_deadline(),
+        Some(200_000),
+        "the clamped period still ends at 200 us"
+    );
+    assert_eq!(a.poll(150_000).interrupt, None);
+    assert_eq!(a.poll(200_000).interrupt, Some(0x40));
+
+    // Unclamped after the change: the count is 0, so the period is over.
+    let mut b = LocalApic::new(
+        ApicConfig::new(0)
+            .with_bsp(true)
+            .with_min_periodic_ns(200_000),
+    );
+    w(&mut b, SVR, 0x1FF);
+    w(&mut b, TDCR, DIV1);
+    w(&mut b, LVT_TIMER, PERIODIC | 0x40);
+    wt(&mut b, 0, TMICT, 10_000); // 10 us, clamped to 200 us
+    wt(&mut b, 100_000, TDCR, 0b1010); // /128: 1.28 ms, not clamped
+    assert_eq!(b.next_timer_deadline(), Some(100_000), "due now");
+    assert_eq!(b.poll(100_000).interrupt, Some(0x40));
+    assert_eq!(rt(&mut b, 100_000, TMCCT), 10_000, "reloaded");
 }
