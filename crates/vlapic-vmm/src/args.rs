@@ -92,6 +92,13 @@ pub struct Config {
     /// Version of this VMM's IOAPIC (user and split modes); 0x20 (with
     /// the EOI register) also makes the LAPIC offer suppress-EOI-broadcast.
     pub ioapic_version: vioapic::IoApicVersion,
+    /// Move the running guest to the other LAPIC (kernel <-> user) after
+    /// this long ([`crate::migrate`]).
+    pub switch_after: Option<Duration>,
+    /// Then switch back (and on, alternating) this long after each switch.
+    pub switch_back_after: Option<Duration>,
+    /// Number of switches (default 1, or 2 with `switch_back_after`).
+    pub switches: u32,
 }
 
 impl Default for Config {
@@ -112,6 +119,9 @@ impl Default for Config {
             cmdline: String::new(),
             timeout: None,
             ioapic_version: vioapic::IoApicVersion::V20,
+            switch_after: None,
+            switch_back_after: None,
+            switches: 0,
         }
     }
 }
@@ -144,6 +154,14 @@ usage: vlapic-vmm --kernel PATH [options]
   --profile                time userspace exit handling and the LAPIC's share,
                            per phase marked by the guest on port 0x5b0
                            (PROFILE: lines on stderr at the end)
+  --switch-irqchip-after MS   start with --irqchip kernel|user and move the
+                           running guest to the other LAPIC after MS ms (a
+                           new VM in this process: memory, CPU and LAPIC state
+                           move; no IOAPIC in this mode; port 0x5c0 reads
+                           switches done | planned << 16)
+  --switch-back-after MS   switch back MS ms after each switch
+  --switches N             number of switches (default 1, 2 with
+                           --switch-back-after)
   --help                   this text
 
 Exit status: (v << 1) | 1 when the guest writes v to port 0xf4
@@ -284,6 +302,25 @@ where
                 }
                 cfg.timeout = Some(Duration::from_secs_f64(secs));
             }
+            "--switch-irqchip-after" => {
+                cfg.switch_after = Some(Duration::from_millis(parse_u64(
+                    "--switch-irqchip-after",
+                    &value(&mut it)?,
+                )?))
+            }
+            "--switch-back-after" => {
+                cfg.switch_back_after = Some(Duration::from_millis(parse_u64(
+                    "--switch-back-after",
+                    &value(&mut it)?,
+                )?))
+            }
+            "--switches" => {
+                let n = parse_u64("--switches", &value(&mut it)?)?;
+                if !(1..=1000).contains(&n) {
+                    return Err(Error::Args("--switches must be 1..=1000".into()));
+                }
+                cfg.switches = n as u32;
+            }
             "--trace" => cfg.trace = true,
             "--stats" => cfg.stats = true,
             "--profile" => cfg.profile = true,
@@ -295,6 +332,14 @@ where
         }
     }
     cfg.kernel = kernel.ok_or_else(|| Error::Args("--kernel PATH is required".into()))?;
+    if cfg.switches == 0 {
+        cfg.switches = if cfg.switch_back_after.is_some() { 2 } else { 1 };
+    }
+    if cfg.switch_after.is_none() && (cfg.switch_back_after.is_some() || cfg.switches > 1) {
+        return Err(Error::Args(
+            "--switch-back-after / --switches need --switch-irqchip-after".into(),
+        ));
+    }
     Ok(Command::Run(Box::new(cfg)))
 }
 

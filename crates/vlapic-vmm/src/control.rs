@@ -74,6 +74,9 @@ pub enum Action {
     Init,
     /// Keep running the guest.
     Run,
+    /// The VMM asked the vCPU to stop at this exit boundary
+    /// ([`VcpuControl::request_pause`], irqchip switch: `crate::migrate`).
+    Pause,
 }
 
 /// Why [`VcpuControl::park`] returned.
@@ -94,6 +97,7 @@ struct Inner {
     sipi_pending: Option<u8>,
     wake_pending: bool,
     stop: bool,
+    pause: bool,
 }
 
 /// Control block shared between a vCPU thread and everybody who needs to
@@ -126,6 +130,7 @@ impl VcpuControl {
                 sipi_pending: None,
                 wake_pending: false,
                 stop: false,
+                pause: false,
             }),
             cv: Condvar::new(),
             thread: Mutex::new(None),
@@ -218,6 +223,23 @@ impl VcpuControl {
         self.signal();
     }
 
+    /// Asks the vCPU thread to stop at the next exit boundary and report
+    /// [`Action::Pause`] (used by `crate::migrate`). Always signals, like
+    /// [`VcpuControl::stop`]: a vCPU halted inside KVM's in-kernel LAPIC
+    /// stays in `KVM_RUN`, and a signal that lands before the entry sets
+    /// `immediate_exit`, so the request is never missed.
+    pub fn request_pause(&self) {
+        {
+            let mut g = lock(&self.inner);
+            if g.stop {
+                return;
+            }
+            g.pause = true;
+        }
+        self.cv.notify_all();
+        self.signal();
+    }
+
     /// Gets the vCPU out of `KVM_RUN` if it is in it.
     pub fn kick(&self) {
         if self.in_guest.load(Ordering::SeqCst) {
@@ -269,6 +291,9 @@ impl VcpuControl {
         let mut g = lock(&self.inner);
         if g.stop {
             Action::Stop
+        } else if g.pause {
+            g.pause = false;
+            Action::Pause
         } else if g.init_pending {
             g.init_pending = false;
             g.state = RunState::WaitForSipi;
@@ -312,7 +337,7 @@ impl VcpuControl {
     pub fn park(&self, deadline: Option<Instant>) -> Wake {
         let mut g = lock(&self.inner);
         loop {
-            if g.stop || g.init_pending {
+            if g.stop || g.init_pending || g.pause {
                 return Wake::Control;
             }
             if g.wake_pending {
@@ -392,6 +417,13 @@ impl ThreadRunGuard {
         KVM_RUN_PTR.with(|c| c.set(run));
         ThreadRunGuard(())
     }
+}
+
+/// Points the kick handler of this thread at another `kvm_run` (the
+/// vCPU fd was replaced, `crate::migrate`); null: none. The previous
+/// mapping may be unmapped once this returns.
+pub fn set_thread_kvm_run(run: *mut kvm_run) {
+    KVM_RUN_PTR.with(|c| c.set(run));
 }
 
 impl Drop for ThreadRunGuard {

@@ -194,6 +194,16 @@ pub trait LapicBackend: Send {
     fn rejections(&self) -> Option<vlapic::Stats> {
         None
     }
+    /// The complete LAPIC state at `now_ns` (after a [`LapicBackend::poll`],
+    /// so a timer already due is in IRR), for an irqchip switch
+    /// (`crate::migrate`). `None`: the backend cannot save.
+    fn save_state(&mut self, _now_ns: u64) -> Option<vlapic::ApicState> {
+        None
+    }
+    /// Replaces the LAPIC state, resuming its timer at `now_ns`.
+    fn restore_state(&mut self, _now_ns: u64, _state: &vlapic::ApicState) -> Result<(), String> {
+        Err("this LAPIC backend cannot restore a state".into())
+    }
 }
 
 /// Creates the backend of one vCPU.

@@ -16,6 +16,8 @@
 //! - [`lapic_backend`]: the userspace-LAPIC seam (and the minimal stub).
 //! - [`vlapic_backend`]: the real userspace LAPIC, `vlapic` + its fabric.
 //! - [`vcpu`]: the vCPU thread loop; [`vm`]: VM setup and [`vm::run`].
+//! - [`migrate`]: moving a running guest between KVM's LAPIC and vlapic
+//!   (`--switch-irqchip-after`).
 //! - [`profile`]: `--profile`, per-phase exit cost accounting; [`bench`](mod@bench):
 //!   the `bench` subcommand (guest microbenchmarks, both backends).
 
@@ -32,6 +34,7 @@ pub mod error;
 pub mod lapic_backend;
 pub mod layout;
 pub mod loader;
+pub mod migrate;
 pub mod profile;
 pub mod summary;
 pub mod vcpu;

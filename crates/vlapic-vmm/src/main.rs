@@ -30,7 +30,11 @@ fn main() {
     if cfg.profile {
         vlapic_vmm::profile::enable();
     }
-    let r = vlapic_vmm::run(&cfg, None);
+    let r = if cfg.switch_after.is_some() {
+        vlapic_vmm::migrate::run(&cfg)
+    } else {
+        vlapic_vmm::run(&cfg, None)
+    };
     if cfg.profile {
         eprint!("{}", vlapic_vmm::profile::report());
     }

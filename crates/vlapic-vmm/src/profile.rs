@@ -431,6 +431,12 @@ fn timed<R>(b: Bucket, f: impl FnOnce() -> R) -> R {
 struct Profiled(Box<dyn LapicBackend>);
 
 impl LapicBackend for Profiled {
+    fn save_state(&mut self, now_ns: u64) -> Option<vlapic::ApicState> {
+        self.0.save_state(now_ns)
+    }
+    fn restore_state(&mut self, now_ns: u64, state: &vlapic::ApicState) -> Result<(), String> {
+        self.0.restore_state(now_ns, state)
+    }
     fn mmio_base(&self) -> Option<u64> {
         timed(Bucket::Access, || self.0.mmio_base())
     }

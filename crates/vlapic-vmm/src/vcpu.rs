@@ -87,6 +87,14 @@ pub struct VcpuThread {
     /// change saves its lock on every entry; a deadline it already fired
     /// need not be re-armed: the entry's poll ran the timer past it).
     armed: Option<u64>,
+    /// The LAPIC is in userspace (else KVM's); changes on an irqchip switch.
+    user: bool,
+    /// Irqchip switches (`crate::migrate`): where to hand the vCPU over.
+    migrate: Option<Arc<crate::migrate::Hub>>,
+    /// Parked in HLT (userspace LAPIC) when a pause came.
+    halted: bool,
+    /// Kind of the last exit (statistics key).
+    last_kind: &'static str,
 }
 
 /// What to do after an exit was decoded (the exit borrows the vCPU).
@@ -121,14 +129,25 @@ impl VcpuThread {
             index,
             vcpu,
             ctl,
-            vm,
             lapic,
             initial,
             stats: VcpuStats::default(),
             run_ptr: 0,
             entry_cr8: 0,
             armed: None,
+            user: vm.irqchip.is_userspace(),
+            migrate: None,
+            halted: false,
+            last_kind: "",
+            vm,
         }
+    }
+
+    /// Lets the VMM pause this vCPU and replace its KVM vCPU and LAPIC
+    /// (irqchip switch, `crate::migrate`) through `hub`.
+    pub fn with_migration(mut self, hub: Arc<crate::migrate::Hub>) -> Self {
+        self.migrate = Some(hub);
+        self
     }
 
     fn trace(&self, msg: impl FnOnce() -> String) {
@@ -138,6 +157,7 @@ impl VcpuThread {
     }
 
     fn count(&mut self, kind: &'static str) {
+        self.last_kind = kind;
         *self.stats.exits.entry(kind).or_insert(0) += 1;
         crate::profile::exit(kind);
     }
@@ -210,7 +230,7 @@ impl VcpuThread {
     }
 
     fn run_inner(&mut self) -> Result<(), String> {
-        let lapic_run_state = self.lapic.as_ref().is_some_and(|l| l.models_run_state());
+        let mut lapic_run_state = self.lapic.as_ref().is_some_and(|l| l.models_run_state());
         if let Some(st) = self.initial.take() {
             self.set_state(st)?;
         } else if lapic_run_state {
@@ -227,11 +247,25 @@ impl VcpuThread {
         }
         // With KVM's LAPIC an AP just enters KVM_RUN; KVM keeps it in
         // wait-for-SIPI itself.
-        let user = self.vm.irqchip.is_userspace();
+        let mut user = self.user;
         self.run_ptr = self.vcpu.get_kvm_run() as *mut kvm_run as usize;
         loop {
             match self.ctl.next_action() {
                 Action::Stop => return Ok(()),
+                Action::Pause => {
+                    match self.pause_for_switch()? {
+                        None => return Ok(()),
+                        Some(start_halted) => {
+                            user = self.user;
+                            lapic_run_state =
+                                self.lapic.as_ref().is_some_and(|l| l.models_run_state());
+                            if let Some(if_flag) = start_halted {
+                                self.halt_with(Some(if_flag));
+                            }
+                        }
+                    }
+                    continue;
+                }
                 Action::Init => {
                     if !self.startup()? {
                         return Ok(());
@@ -257,7 +291,7 @@ impl VcpuThread {
             self.stats.in_run += t0.elapsed();
             match next {
                 Next::Continue => {}
-                Next::Halt => self.halt(),
+                Next::Halt => self.halt_with(None),
                 Next::Finish(o) => {
                     self.vm.finish(o);
                     return Ok(());
@@ -370,17 +404,22 @@ impl VcpuThread {
     /// (IF=1 and above PPR), an NMI, INIT or SIPI is pending, or stop.
     /// Returning to the guest without one of those would be a spurious
     /// HLT wake-up. Timer deadlines are honoured by the park timeout.
-    fn halt(&mut self) {
+    /// `if_override`: the guest's IF when `kvm_run.if_flag` is not
+    /// valid yet (a vCPU that was halted in KVM, fresh after a switch).
+    fn halt_with(&mut self, if_override: Option<bool>) {
+        self.halted = true;
         loop {
             // Clear a stale wake first: a post after the poll below sets
             // it again, so the park cannot miss it.
             self.ctl.clear_wake();
             let now = self.vm.clock.now_ns();
-            let if_flag = self.vcpu.get_kvm_run().if_flag != 0;
+            let if_flag = if_override.unwrap_or(self.vcpu.get_kvm_run().if_flag != 0);
             let Some(lapic) = self.lapic.as_mut() else {
+                self.halted = false;
                 return;
             };
             if lapic.poll(now).wakes_halt(if_flag) {
+                self.halted = false;
                 return;
             }
             // Never spin on a deadline that is already due: poll(now)
@@ -393,6 +432,59 @@ impl VcpuThread {
                 Wake::Control => return,
             }
         }
+    }
+
+    /// Irqchip switch (`crate::migrate`): completes the pending exit (a
+    /// `KVM_RUN` with `immediate_exit`: MMIO/PIO/MSR reads land in the
+    /// registers, no guest instruction runs), reports to the hub, saves
+    /// this vCPU's state when all vCPUs are paused, and takes the new KVM
+    /// vCPU and LAPIC. Returns `None` when the VM stopped meanwhile, else
+    /// whether (and with which IF) to start halted.
+    fn pause_for_switch(&mut self) -> Result<Option<Option<bool>>, String> {
+        let Some(hub) = self.migrate.clone() else {
+            return Ok(Some(None));
+        };
+        for _ in 0..16 {
+            self.vcpu.set_kvm_immediate_exit(1);
+            self.ctl.enter_guest();
+            match self.run_once() {
+                Next::Finish(o) => {
+                    self.vm.finish(o);
+                    return Ok(None);
+                }
+                Next::Fatal(msg) => return Err(format!("{msg}\n{}", self.dump())),
+                Next::InternalError => return Err(self.internal_error()),
+                Next::Continue | Next::Halt => {}
+            }
+            if self.last_kind == "kick" {
+                break;
+            }
+        }
+        self.vcpu.set_kvm_immediate_exit(0);
+        if let Some(t) = &self.vm.timers {
+            t.arm(self.index as usize, None);
+        }
+        self.armed = None;
+        let halted = std::mem::take(&mut self.halted);
+        let Some(resume) = hub.pause_and_swap(
+            self.index,
+            &self.ctl,
+            &self.vcpu,
+            &mut self.lapic,
+            halted,
+            &self.vm.clock,
+        )?
+        else {
+            return Ok(None);
+        };
+        crate::control::set_thread_kvm_run(std::ptr::null_mut());
+        let _old = std::mem::replace(&mut self.vcpu, resume.vcpu);
+        self.lapic = resume.lapic;
+        self.user = resume.user;
+        self.run_ptr = self.vcpu.get_kvm_run() as *mut kvm_run as usize;
+        crate::control::set_thread_kvm_run(self.run_ptr as *mut kvm_run);
+        self.entry_cr8 = self.lapic.as_ref().map_or(0, |l| l.cr8());
+        Ok(Some(resume.start_halted))
     }
 
     fn run_once(&mut self) -> Next {

@@ -424,6 +424,25 @@ impl LapicBackend for VlapicBackend {
     fn rejections(&self) -> Option<vlapic::Stats> {
         Some(*self.apic.stats())
     }
+
+    fn save_state(&mut self, now_ns: u64) -> Option<vlapic::ApicState> {
+        // Merge the inbox and run the timer first: an expiry that is due
+        // becomes an IRR bit (a periodic count saved at its end would
+        // restart a full period elsewhere, losing the tick).
+        self.poll(now_ns);
+        Some(self.apic.save(self.t(now_ns)))
+    }
+
+    fn restore_state(&mut self, now_ns: u64, state: &vlapic::ApicState) -> Result<(), String> {
+        let t = self.t(now_ns);
+        self.apic
+            .restore(t, state)
+            .map_err(|e| format!("LocalApic::restore: {e}"))?;
+        // The routing identity (mode, IDs, LDR, DFR), PPR and enable
+        // state changed: publish them before any vCPU sends an IPI.
+        self.fabric.attach(self.cpu, &self.apic);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -61,8 +61,8 @@ pub struct VmShared {
     /// This VMM's IOAPIC (`--irqchip user` with the vlapic backend, and
     /// `--irqchip split`).
     pub ioapic: Option<Arc<IoApicDevice>>,
-    outcome: Mutex<(Option<Outcome>, usize)>,
-    done: Condvar,
+    pub(crate) outcome: Mutex<(Option<Outcome>, usize)>,
+    pub(crate) done: Condvar,
 }
 
 impl VmShared {
@@ -80,13 +80,13 @@ impl VmShared {
         }
     }
 
-    fn thread_exited(&self) {
+    pub(crate) fn thread_exited(&self) {
         self.outcome.lock().unwrap_or_else(|e| e.into_inner()).1 -= 1;
         self.done.notify_all();
     }
 }
 
-fn open_serial(s: &SerialOut) -> Result<Box<dyn Write + Send>> {
+pub(crate) fn open_serial(s: &SerialOut) -> Result<Box<dyn Write + Send>> {
     Ok(match s {
         SerialOut::Stdout => Box::new(std::io::stdout()),
         SerialOut::None => Box::new(std::io::sink()),
@@ -116,7 +116,7 @@ pub fn open_kvm() -> Result<Kvm> {
     })
 }
 
-fn setup_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
+pub(crate) fn setup_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(MemoryRegionAddress(0))

@@ -1,5 +1,6 @@
 //! Port-I/O dispatch.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::debug_exit::{exit_status, DEBUG_EXIT_PORT};
@@ -20,7 +21,13 @@ pub struct IoBus {
     serial: Mutex<SerialDevice>,
     fw_cfg: Mutex<FwCfg>,
     irq_lines: Option<Arc<Lines>>,
+    migration: Option<Arc<AtomicU32>>,
 }
+
+/// Port of the irqchip-switch status (`--switch-irqchip-after`, see
+/// `crate::migrate`): a read gives the number of switches done (bits
+/// 15:0) and planned (bits 31:16).
+pub const MIGRATE_PORT: u16 = 0x5c0;
 
 impl IoBus {
     /// Creates the bus.
@@ -29,7 +36,14 @@ impl IoBus {
             serial: Mutex::new(serial),
             fw_cfg: Mutex::new(fw_cfg),
             irq_lines: None,
+            migration: None,
         }
+    }
+
+    /// Adds the irqchip-switch status port ([`MIGRATE_PORT`]) reading `status`.
+    pub fn with_migration_port(mut self, status: Arc<AtomicU32>) -> Self {
+        self.migration = Some(status);
+        self
     }
 
     /// Adds the IRQ test port ([`IRQ_TEST_PORT`]) driving `lines`.
@@ -60,6 +74,13 @@ impl IoBus {
             IRQ_TEST_PORT if self.irq_lines.is_some() => {
                 if let Some(l) = &self.irq_lines {
                     l.test_port_read(data);
+                }
+                true
+            }
+            MIGRATE_PORT if self.migration.is_some() => {
+                let v = self.migration.as_ref().map_or(0, |m| m.load(Ordering::SeqCst));
+                for (i, d) in data.iter_mut().enumerate() {
+                    *d = v.to_le_bytes().get(i).copied().unwrap_or(0);
                 }
                 true
             }
