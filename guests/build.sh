@@ -22,7 +22,7 @@ OUT="${GUEST_OUT_DIR:-$ROOT/target/guests}"
 BUILD_DIR="${GUEST_BUILD_DIR:-$ROOT/target/guests-build}"
 MODE="${GUEST_BUILD_MODE:-auto}"
 PROFILE=release
-GUESTS=(hello smp exitcost conf_basic conf_timer conf_ipi conf_ioapic bench abuse)
+GUESTS=(hello smp exitcost conf_basic conf_timer conf_ipi conf_ioapic bench abuse migrate)
 
 have_none_target() {
     [ -d "$(rustc --print sysroot)/lib/rustlib/x86_64-unknown-none/lib" ]
