@@ -101,5 +101,9 @@ fn fixed_ipi_trigger_bit_is_ignored_on_p4_and_later() {
         "Fixed IPI latched level-triggered"
     );
     assert_eq!(take(&mut a), Some(0x48));
-    assert_eq!(w(&mut a, EOI, 0), None, "EOI of an IPI broadcast to the IOAPIC");
+    assert_eq!(
+        w(&mut a, EOI, 0),
+        None,
+        "EOI of an IPI broadcast to the IOAPIC"
+    );
 }
