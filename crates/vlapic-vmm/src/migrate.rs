@@ -120,8 +120,11 @@ pub struct CpuSnapshot {
     pub msrs: Vec<kvm_msr_entry>,
     /// Pending / injected events.
     pub events: kvm_vcpu_events,
-    /// The guest TSC and when it was read.
-    pub tsc: GuestTsc,
+    /// The guest TSC at `saved_at` (extrapolated from a sample taken
+    /// right before the LAPIC was saved).
+    pub tsc: u64,
+    /// Clock time at which the LAPIC (its timer) was saved.
+    pub saved_at: u64,
     /// Halted (waiting for an interrupt) when saved.
     pub halted: bool,
     /// The local APIC.
@@ -196,7 +199,11 @@ impl Hub {
             if stopped() {
                 return Ok(None);
             }
-            g = self.cv.wait_timeout(g, POLL).unwrap_or_else(|e| e.into_inner()).0;
+            g = self
+                .cv
+                .wait_timeout(g, POLL)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         drop(g);
         let snap = snapshot(index, vcpu, lapic, halted, clock);
@@ -210,9 +217,35 @@ impl Hub {
             if stopped() {
                 return Ok(None);
             }
-            g = self.cv.wait_timeout(g, POLL).unwrap_or_else(|e| e.into_inner()).0;
+            g = self
+                .cv
+                .wait_timeout(g, POLL)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
+}
+
+fn ns_to_ticks(ns: u64, khz: u64) -> u64 {
+    (u128::from(ns) * u128::from(khz) / 1_000_000) as u64
+}
+
+fn tsc_khz_of(vcpu: &VcpuFd) -> u32 {
+    vcpu.get_tsc_khz().unwrap_or(0)
+}
+
+/// Runs the APIC timer of `s` for `ns` more (the time its TSC ran on
+/// while the timer was already saved), stopping one bus cycle short of
+/// the expiry so that no target loses it (KVM restarts a periodic count
+/// of 0 as a full period).
+fn advance_timer(s: &mut ApicState, ns: u64) {
+    if !s.timer_running || ns == 0 {
+        return;
+    }
+    let div = vlapic::regs::DivideConfig::from_register(s.timer_divide).divisor() as u64;
+    let period = u64::from(s.timer_initial_count) * div;
+    let add = ns_to_ticks(ns, u64::from(APIC_BUS_KHZ));
+    s.timer_elapsed_cycles = (s.timer_elapsed_cycles + add).min(period.saturating_sub(div));
 }
 
 fn kerr(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> String {
@@ -268,15 +301,20 @@ fn snapshot(
     let sregs = vcpu.get_sregs().map_err(kerr("KVM_GET_SREGS"))?;
     let fpu = vcpu.get_fpu().map_err(kerr("KVM_GET_FPU"))?;
     let xcrs = vcpu.get_xcrs().ok();
-    let events = vcpu.get_vcpu_events().map_err(kerr("KVM_GET_VCPU_EVENTS"))?;
+    let events = vcpu
+        .get_vcpu_events()
+        .map_err(kerr("KVM_GET_VCPU_EVENTS"))?;
     let msrs: Vec<kvm_msr_entry> = MSRS
         .iter()
         .filter_map(|&i| get_msr(vcpu, i).map(|d| msr(i, d)))
         .collect();
+    // The TSC right before the LAPIC: both are frozen at `saved_at`.
+    let sample = sample_guest_tsc(vcpu, clock).map_err(|e| e.to_string())?;
+    let t0 = clock.now_ns();
     let (apic, halted, kvm_lapic) = match lapic {
         Some(l) => {
             let apic = l
-                .save_state(clock.now_ns())
+                .save_state(t0)
                 .ok_or_else(|| format!("vCPU {index}: the LAPIC backend cannot save its state"))?;
             (apic, halted, None)
         }
@@ -297,7 +335,13 @@ fn snapshot(
             (apic, mp.mp_state == KVM_MP_STATE_HALTED, Some(k))
         }
     };
-    let tsc = sample_guest_tsc(vcpu, clock).map_err(|e| e.to_string())?;
+    let saved_at = if kvm_lapic.is_some() {
+        // KVM read TMCCT somewhere inside the ioctls above.
+        t0 / 2 + clock.now_ns() / 2
+    } else {
+        t0
+    };
+    let tsc = sample.value + ns_to_ticks(saved_at - sample.at_ns, u64::from(tsc_khz_of(vcpu)));
     Ok(CpuSnapshot {
         regs,
         sregs,
@@ -306,6 +350,7 @@ fn snapshot(
         msrs,
         events,
         tsc,
+        saved_at,
         halted,
         apic,
         kvm_lapic,
@@ -347,10 +392,9 @@ impl Env {
     }
 
     fn new_vcpu(&self, m: &Machine, i: u32) -> Result<VcpuFd> {
-        let vcpu = m
-            .vm
-            .create_vcpu(u64::from(i))
-            .map_err(kvm("KVM_CREATE_VCPU"))?;
+        let vcpu =
+            m.vm.create_vcpu(u64::from(i))
+                .map_err(kvm("KVM_CREATE_VCPU"))?;
         self.set_cpuid(&vcpu, i)?;
         Ok(vcpu)
     }
@@ -409,7 +453,6 @@ impl Env {
         s: &CpuSnapshot,
         tsc: u64,
     ) -> std::result::Result<Resume0, String> {
-        set_msrs(vcpu, &[msr(MSR_TSC, tsc)])?;
         let mut sregs = s.sregs;
         sregs.cr8 = u64::from(s.apic.tpr >> 4);
         if !m.user {
@@ -428,11 +471,22 @@ impl Env {
             ev.flags |= KVM_VCPUEVENT_VALID_NMI_PENDING;
             vcpu.set_vcpu_events(&ev)
                 .map_err(kerr("KVM_SET_VCPU_EVENTS"))?;
+            set_msrs(vcpu, &[msr(MSR_TSC, tsc)])?;
             let guest_tsc = sample_guest_tsc(vcpu, &self.clock).map_err(|e| e.to_string())?;
+            // The clock time at which the new TSC read `tsc`: the timer
+            // resumes there, so TSC and timer lose the same time.
+            let back = (u128::from(guest_tsc.value.saturating_sub(tsc)) * 1_000_000
+                / u128::from(self.tsc_khz.max(1))) as u64;
+            let resume_at = guest_tsc.at_ns.saturating_sub(back);
+            // The LAPIC's time 0 and TSC mapping: that instant.
+            let mapping = GuestTsc {
+                at_ns: resume_at,
+                value: tsc,
+            };
             let mut b = self
-                .backend(m, i, guest_tsc)
+                .backend(m, i, mapping)
                 .ok_or("no fabric in a userspace-LAPIC VM")?;
-            b.restore_state(self.clock.now_ns(), &s.apic)
+            b.restore_state(resume_at, &s.apic)
                 .map_err(|e| format!("vCPU {i}: {e} (state {:?})", s.apic))?;
             Ok(Resume0 {
                 lapic: Some(Box::new(b)),
@@ -440,6 +494,9 @@ impl Env {
             })
         } else {
             let k = to_kvm(&s.apic, IdFormat::Legacy);
+            // The TSC right before the LAPIC (whose timer starts counting
+            // on KVM_SET_LAPIC), and the TSC deadline after both.
+            set_msrs(vcpu, &[msr(MSR_TSC, tsc)])?;
             vcpu.set_lapic(&k.lapic).map_err(kerr("KVM_SET_LAPIC"))?;
             if k.tsc_deadline != 0 {
                 set_msrs(vcpu, &[msr(MSR_TSC_DEADLINE, k.tsc_deadline)])?;
@@ -537,7 +594,14 @@ fn switch(env: &Env, hub: &Hub, shared: &VmShared, old: &Machine) -> Result<Mach
         c.request_pause();
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    let ended = || shared.outcome.lock().unwrap_or_else(|e| e.into_inner()).0.is_some();
+    let ended = || {
+        shared
+            .outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .is_some()
+    };
     let mut g = hub.lock();
     while g.paused < cpus {
         if ended() {
@@ -546,7 +610,11 @@ fn switch(env: &Env, hub: &Hub, shared: &VmShared, old: &Machine) -> Result<Mach
         if Instant::now() > deadline {
             return Err(fail(format!("only {} of {cpus} vCPUs paused", g.paused)));
         }
-        g = hub.cv.wait_timeout(g, POLL).unwrap_or_else(|e| e.into_inner()).0;
+        g = hub
+            .cv
+            .wait_timeout(g, POLL)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
     let t_paused = env.clock.now_ns();
     g.save = true;
@@ -558,7 +626,11 @@ fn switch(env: &Env, hub: &Hub, shared: &VmShared, old: &Machine) -> Result<Mach
         if Instant::now() > deadline {
             return Err(fail("vCPUs did not save their state".into()));
         }
-        g = hub.cv.wait_timeout(g, POLL).unwrap_or_else(|e| e.into_inner()).0;
+        g = hub
+            .cv
+            .wait_timeout(g, POLL)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
     let snaps = g
         .snaps
@@ -568,12 +640,16 @@ fn switch(env: &Env, hub: &Hub, shared: &VmShared, old: &Machine) -> Result<Mach
         .map_err(fail)?;
     drop(g);
     let t_saved = env.clock.now_ns();
-    // One instant for all TSCs: the last sample.
-    let at = snaps.iter().map(|s| s.tsc.at_ns).max().unwrap_or(0);
-    let khz = u128::from(env.tsc_khz);
+    // One instant for all vCPUs: the last save. Each TSC is carried to
+    // it, and so is each APIC timer (saved a little earlier).
+    let at = snaps.iter().map(|s| s.saved_at).max().unwrap_or(0);
+    let khz = u64::from(env.tsc_khz);
     let mut resumes = Vec::with_capacity(cpus);
     for (i, s) in snaps.iter().enumerate() {
-        let tsc = s.tsc.value + (u128::from(at - s.tsc.at_ns) * khz / 1_000_000) as u64;
+        let tsc = s.tsc + ns_to_ticks(at - s.saved_at, khz);
+        let mut s = s.clone();
+        advance_timer(&mut s.apic, at - s.saved_at);
+        let s = &s;
         if env.cfg.trace {
             eprintln!(
                 "vlapic-vmm: migrate: vCPU {i}: rip {:#x} halted {} mp/events {:?} apic {:?}",
@@ -583,7 +659,9 @@ fn switch(env: &Env, hub: &Hub, shared: &VmShared, old: &Machine) -> Result<Mach
                 eprintln!("{}", k.view());
             }
         }
-        let fd = fds[i].take().ok_or_else(|| fail("vCPU fd missing".into()))?;
+        let fd = fds[i]
+            .take()
+            .ok_or_else(|| fail("vCPU fd missing".into()))?;
         let r = env.restore(&m, i as u32, &fd, s, tsc).map_err(fail)?;
         resumes.push(Resume {
             vcpu: fd,
@@ -769,7 +847,9 @@ pub fn run(cfg: &Config) -> Result<i32> {
                 return Some(o);
             }
             if g.1 == 0 {
-                return Some(Outcome::Error("all vCPU threads ended without an outcome".into()));
+                return Some(Outcome::Error(
+                    "all vCPU threads ended without an outcome".into(),
+                ));
             }
             let limit = match (until, cfg.timeout.map(|t| started + t)) {
                 (Some(a), Some(b)) => Some(a.min(b)),
