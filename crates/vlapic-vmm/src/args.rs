@@ -333,7 +333,11 @@ where
     }
     cfg.kernel = kernel.ok_or_else(|| Error::Args("--kernel PATH is required".into()))?;
     if cfg.switches == 0 {
-        cfg.switches = if cfg.switch_back_after.is_some() { 2 } else { 1 };
+        cfg.switches = if cfg.switch_back_after.is_some() {
+            2
+        } else {
+            1
+        };
     }
     if cfg.switch_after.is_none() && (cfg.switch_back_after.is_some() || cfg.switches > 1) {
         return Err(Error::Args(

@@ -78,7 +78,10 @@ impl IoBus {
                 true
             }
             MIGRATE_PORT if self.migration.is_some() => {
-                let v = self.migration.as_ref().map_or(0, |m| m.load(Ordering::SeqCst));
+                let v = self
+                    .migration
+                    .as_ref()
+                    .map_or(0, |m| m.load(Ordering::SeqCst));
                 for (i, d) in data.iter_mut().enumerate() {
                     *d = v.to_le_bytes().get(i).copied().unwrap_or(0);
                 }
