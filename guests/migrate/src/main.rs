@@ -530,7 +530,11 @@ fn report(cpus: usize, planned: u32) {
                 .dec(u64::from(r))
                 .nl();
             let ok = t > 0 && s > 0 && r > 0 && (cpus == 1 || x > 0);
-            check_pfx(p, "timer, IPIs and register read-backs in every generation", ok);
+            check_pfx(
+                p,
+                "timer, IPIs and register read-backs in every generation",
+                ok,
+            );
         }
         let n = NSEGS[c].load(Relaxed) as usize;
         for i in 0..n.min(8) {
@@ -565,7 +569,11 @@ fn report(cpus: usize, planned: u32) {
             // lost expiry at a switch would show as one missing per switch.
             let tol = 1 + expected / 100;
             let ok = count <= expected + 1 && count + tol >= expected && early == 0;
-            check_pfx(p, "timer interrupts match the elapsed TSC (none lost, none extra, none early)", ok);
+            check_pfx(
+                p,
+                "timer interrupts match the elapsed TSC (none lost, none extra, none early)",
+                ok,
+            );
         }
         let (ss, sr) = (SELF_SENT[c].load(Relaxed), SELF_RECV[c].load(Relaxed));
         out()
@@ -601,7 +609,10 @@ fn report(cpus: usize, planned: u32) {
             check_pfx(
                 p,
                 "every IPI from the other CPU delivered exactly once",
-                xs == xr && X_LOST[peer].load(Relaxed) == 0 && X_DUP[c].load(Relaxed) == 0 && xs > 0,
+                xs == xr
+                    && X_LOST[peer].load(Relaxed) == 0
+                    && X_DUP[c].load(Relaxed) == 0
+                    && xs > 0,
             );
         }
         let m = MISMATCHES[c].load(Relaxed);
@@ -620,8 +631,18 @@ fn report(cpus: usize, planned: u32) {
                 .nl();
         }
         check_eq_pfx(p, "register read-back mismatches", u64::from(m), 0);
-        check_eq_pfx(p, "LVT error interrupts", u64::from(ERRORS[c].load(Relaxed)), 0);
-        check_eq_pfx(p, "spurious interrupts", u64::from(SPURIOUS[c].load(Relaxed)), 0);
+        check_eq_pfx(
+            p,
+            "LVT error interrupts",
+            u64::from(ERRORS[c].load(Relaxed)),
+            0,
+        );
+        check_eq_pfx(
+            p,
+            "spurious interrupts",
+            u64::from(SPURIOUS[c].load(Relaxed)),
+            0,
+        );
     }
 }
 
