@@ -801,21 +801,13 @@ impl LocalApic {
             }
             Register::TimerInitialCount => {
                 self.timer.write_initial_count(&self.tb, now, value);
-                if self.timer.mode() == TimerMode::Periodic
-                    && value != 0
-                    && (value as u64) * (self.timer.divide().divisor() as u64)
-                        < self.tb.cycles_in_ns(self.cfg.min_periodic_ns)
-                {
-                    self.stats.timer_clamped += 1;
-                    log::debug!(
-                        "apic {}: periodic count {value} below the minimum period",
-                        self.cfg.apic_id
-                    );
-                }
+                self.note_clamp(false);
                 None
             }
             Register::TimerDivide => {
+                let was = self.periodic_clamped();
                 self.timer.write_divide(&self.tb, now, value);
+                self.note_clamp(was);
                 None
             }
             _ => match reg.lvt() {
@@ -825,6 +817,29 @@ impl LocalApic {
                 }
                 None => None,
             },
+        }
+    }
+
+    /// Whether a periodic count is running whose period is below the
+    /// minimum (and so stretched to it).
+    fn periodic_clamped(&self) -> bool {
+        self.timer.mode() == TimerMode::Periodic
+            && self.timer.is_running()
+            && (self.timer.initial_count() as u64) * (self.timer.divide().divisor() as u64)
+                < self.tb.cycles_in_ns(self.cfg.min_periodic_ns)
+    }
+
+    /// Counts a periodic period that a timer write (TMICT, TDCR, LVT Timer
+    /// mode) stretched to the minimum; `was` says whether the period was
+    /// already stretched before a TDCR or LVT write (not counted again).
+    fn note_clamp(&mut self, was: bool) {
+        if !was && self.periodic_clamped() {
+            self.stats.timer_clamped += 1;
+            log::debug!(
+                "apic {}: periodic count {} below the minimum period",
+                self.cfg.apic_id,
+                self.timer.initial_count()
+            );
         }
     }
 
@@ -854,7 +869,11 @@ impl LocalApic {
         let new = LvtEntry::from_bits(new);
         self.lvt[idx] = new;
         match lvt {
-            Lvt::Timer => self.timer.set_mode(&self.tb, now, new.timer_mode()),
+            Lvt::Timer => {
+                let was = self.periodic_clamped();
+                self.timer.set_mode(&self.tb, now, new.timer_mode());
+                self.note_clamp(was);
+            }
             Lvt::Lint0 | Lvt::Lint1 => {
                 if !new.level_triggered() && new.remote_irr() {
                     // Remote IRR is only meaningful for level-triggered input.

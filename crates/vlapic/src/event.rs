@@ -120,6 +120,7 @@ pub struct Stats {
     pub dropped: u64,
     /// Start-up IPIs ignored outside wait-for-SIPI.
     pub sipi_ignored: u64,
-    /// Periodic timer periods stretched to the minimum period.
+    /// Periodic timer periods stretched to the minimum period (counted
+    /// when a TMICT, TDCR or LVT Timer write programs one).
     pub timer_clamped: u64,
 }

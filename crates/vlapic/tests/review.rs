@@ -107,3 +107,34 @@ fn fixed_ipi_trigger_bit_is_ignored_on_p4_and_later() {
         "EOI of an IPI broadcast to the IOAPIC"
     );
 }
+
+/// `Stats::timer_clamped` promises to count "Periodic timer periods
+/// stretched to the minimum period" (README: "Periodic periods below
+/// `min_periodic_ns` are stretched"). Only TMICT writes were counted: a
+/// period that became too short through an LVT Timer mode switch to
+/// periodic or a TDCR write was stretched silently.
+#[test]
+fn every_stretched_periodic_period_is_counted() {
+    let cfg = ApicConfig::new(0)
+        .with_bsp(true)
+        .with_min_periodic_ns(200_000);
+    // One-shot count of 1 us, then switched to periodic.
+    let mut a = LocalApic::new(cfg);
+    w(&mut a, SVR, 0x1FF);
+    w(&mut a, TDCR, DIV1);
+    w(&mut a, LVT_TIMER, 0x40);
+    w(&mut a, TMICT, 1000);
+    w(&mut a, LVT_TIMER, PERIODIC | 0x40);
+    assert_eq!(a.next_timer_deadline(), Some(200_000), "stretched");
+    assert_eq!(a.stats().timer_clamped, 1, "mode switch not counted");
+    // A 300 us period made 150 us by a divide change.
+    let mut b = LocalApic::new(cfg);
+    w(&mut b, SVR, 0x1FF);
+    w(&mut b, TDCR, 0); // /2
+    w(&mut b, LVT_TIMER, PERIODIC | 0x40);
+    w(&mut b, TMICT, 150_000);
+    assert_eq!(b.stats().timer_clamped, 0);
+    w(&mut b, TDCR, DIV1);
+    assert_eq!(b.next_timer_deadline(), Some(200_000), "stretched");
+    assert_eq!(b.stats().timer_clamped, 1, "divide change not counted");
+}
