@@ -343,7 +343,7 @@ impl LocalApic {
     }
 
     /// The CPU took an external interrupt from the 8259: clears a latched
-    /// ExtINT message (a LINT0 ExtINT stays pending while the pin is
+    /// ExtINT message (a LINT ExtINT entry stays pending while its pin is
     /// asserted).
     pub fn acknowledge_extint(&mut self) {
         self.pending.extint = false;
@@ -357,10 +357,14 @@ impl LocalApic {
             // A hardware-disabled APIC passes LINT0 through as INTR.
             return self.lint_level[0];
         }
-        let e = self.lvt[Lvt::Lint0.index()];
-        !e.masked()
-            && e.delivery_mode() == DeliveryMode::ExtInt
-            && (self.lint_level[0] ^ e.active_low())
+        // ExtINT is valid on either LINT pin (SDM 11.5.1), level-sensitive.
+        [Lvt::Lint0, Lvt::Lint1]
+            .into_iter()
+            .zip(self.lint_level)
+            .any(|(lvt, level)| {
+                let e = self.lvt[lvt.index()];
+                !e.masked() && e.delivery_mode() == DeliveryMode::ExtInt && (level ^ e.active_low())
+            })
     }
 
     // ----------------------------------------------------------------

@@ -138,3 +138,23 @@ fn every_stretched_periodic_period_is_counted() {
     assert_eq!(b.next_timer_deadline(), Some(200_000), "stretched");
     assert_eq!(b.stats().timer_clamped, 1, "divide change not counted");
 }
+
+/// SDM 11.5.1 "Delivery Mode": ExtINT is not supported for the CMCI,
+/// thermal and PerfMon entries - LINT0 *and* LINT1 may use it (QEMU's
+/// `apic_local_deliver` honours it on either pin). `LocalApic::set_lint`
+/// documents "ExtINT is pending while the pin is active", but only LINT0
+/// was looked at: an unmasked LINT1 ExtINT entry with its pin asserted
+/// produced nothing.
+#[test]
+fn lint1_extint_is_pending_while_asserted() {
+    let mut a = xapic(0);
+    w(&mut a, LVT_LINT1, 0x0700); // ExtINT, unmasked
+    a.set_lint(1, true);
+    assert!(a.poll(0).extint, "LINT1 ExtINT not pending");
+    a.set_lint(1, false);
+    assert!(!a.poll(0).extint);
+    // Masked: nothing.
+    w(&mut a, LVT_LINT1, 0x1_0700);
+    a.set_lint(1, true);
+    assert!(!a.poll(0).extint);
+}
