@@ -111,8 +111,10 @@ pub enum StateError {
     IllegalVector,
     /// ESR or the pending ESR has undefined bits set.
     Esr(u32),
-    /// An LVT entry has bits outside its layout, is unmasked while the
-    /// APIC is software-disabled, or CMCI is used without CMCI.
+    /// An LVT entry has bits outside its layout (or remote IRR without
+    /// level trigger), or CMCI is used without CMCI. An entry unmasked
+    /// while the APIC is software-disabled is accepted (KVM's BSP reset
+    /// state has LVT LINT0 = 0x700 with SVR = 0xFF).
     Lvt(Lvt, u32),
     /// ICR has reserved bits set.
     Icr(u64),
