@@ -158,3 +158,26 @@ fn lint1_extint_is_pending_while_asserted() {
     a.set_lint(1, true);
     assert!(!a.poll(0).extint);
 }
+
+/// Spec 8: "Restore validates and rejects inconsistent input". A LINT
+/// entry restored with remote IRR set and an illegal vector (0-15) can
+/// never be released: remote IRR clears on the EOI of that vector (SDM
+/// 11.5.1), but vectors 0-15 are never latched (ESR bit 6) and so never
+/// in service, and the guest cannot write the read-only bit. The pin is
+/// dead until the guest switches the entry to edge. The model never sets
+/// remote IRR for such a vector; `validate` accepted it.
+#[test]
+fn restore_rejects_lint_remote_irr_that_no_eoi_can_clear() {
+    let mut a = xapic(0);
+    let mut s = a.save(0);
+    let lint0 = vlapic::Lvt::Lint0.index();
+    s.lvt[lint0] = 0x0000_C005; // level, remote IRR, Fixed vector 5
+    assert!(
+        a.validate(&s).is_err(),
+        "accepted a LINT0 remote IRR no EOI can clear"
+    );
+    // A legal vector with remote IRR is a state the model produces.
+    s.lvt[lint0] = 0x0000_C045;
+    assert_eq!(a.validate(&s), Ok(()));
+    assert!(a.restore(0, &s).is_ok());
+}
