@@ -131,6 +131,8 @@ pub struct CpuSnapshot {
     pub apic: ApicState,
     /// KVM's blob when the LAPIC was KVM's (for `--trace`).
     pub kvm_lapic: Option<KvmLapicState>,
+    /// A periodic tick KVM had counted but not put in IRR was added.
+    pub pending_tick: bool,
 }
 
 /// What a paused vCPU thread gets back.
@@ -188,6 +190,7 @@ impl Hub {
         vcpu: &VcpuFd,
         lapic: &mut Option<Box<dyn LapicBackend>>,
         halted: bool,
+        exit_at: u64,
         clock: &Clock,
     ) -> std::result::Result<Option<Resume>, String> {
         let i = index as usize;
@@ -206,7 +209,7 @@ impl Hub {
                 .0;
         }
         drop(g);
-        let snap = snapshot(index, vcpu, lapic, halted, clock);
+        let snap = snapshot(index, vcpu, lapic, halted, exit_at, clock);
         let mut g = self.lock();
         g.snaps[i] = Some(snap);
         self.cv.notify_all();
@@ -246,6 +249,24 @@ fn advance_timer(s: &mut ApicState, ns: u64) {
     let period = u64::from(s.timer_initial_count) * div;
     let add = ns_to_ticks(ns, u64::from(APIC_BUS_KHZ));
     s.timer_elapsed_cycles = (s.timer_elapsed_cycles + add).min(period.saturating_sub(div));
+}
+
+/// Whether KVM's periodic timer of `s` (saved at `saved_at`) started its
+/// current period after the vCPU left the guest (`exit_at`): that
+/// expiry is still KVM's pending count, not in IRR (KVM moves it there
+/// before the next entry, coalescing several into one).
+fn pending_periodic_tick(s: &ApicState, saved_at: u64, exit_at: u64) -> bool {
+    let lvt = vlapic::regs::LvtEntry::from_bits(s.lvt[vlapic::Lvt::Timer.index()]);
+    if !s.timer_running
+        || lvt.masked()
+        || lvt.timer_mode() != vlapic::regs::TimerMode::Periodic
+        || exit_at == 0
+    {
+        return false;
+    }
+    // The bus runs at 1 GHz: cycles are ns.
+    let elapsed_ns = s.timer_elapsed_cycles * 1_000_000 / u64::from(APIC_BUS_KHZ);
+    saved_at.saturating_sub(elapsed_ns) > exit_at
 }
 
 fn kerr(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> String {
@@ -295,6 +316,7 @@ fn snapshot(
     vcpu: &VcpuFd,
     lapic: &mut Option<Box<dyn LapicBackend>>,
     halted: bool,
+    exit_at: u64,
     clock: &Clock,
 ) -> std::result::Result<CpuSnapshot, String> {
     let regs = vcpu.get_regs().map_err(kerr("KVM_GET_REGS"))?;
@@ -342,6 +364,14 @@ fn snapshot(
         t0
     };
     let tsc = sample.value + ns_to_ticks(saved_at - sample.at_ns, u64::from(tsc_khz_of(vcpu)));
+    let mut apic = apic;
+    let pending_tick = kvm_lapic.is_some() && pending_periodic_tick(&apic, saved_at, exit_at);
+    if pending_tick {
+        // KVM counted an expiry (`lapic_timer.pending`) that only goes
+        // into IRR on the next guest entry: not in kvm_lapic_state.
+        let v = vlapic::regs::LvtEntry::from_bits(apic.lvt[vlapic::Lvt::Timer.index()]).vector();
+        apic.irr.set(v, true);
+    }
     Ok(CpuSnapshot {
         regs,
         sregs,
@@ -354,6 +384,7 @@ fn snapshot(
         halted,
         apic,
         kvm_lapic,
+        pending_tick,
     })
 }
 
@@ -546,6 +577,9 @@ impl Env {
                     s.esr_pending = 0;
                     s.lint_levels = [false; 2];
                     s.pending_extint = false;
+                    // KVM_GET_MP_STATE (above) makes KVM process a
+                    // latched INIT (kvm_apic_accept_events): gone by now.
+                    s.pending_init = false;
                 }
                 if got != w {
                     eprintln!(
@@ -679,7 +713,7 @@ fn switch(env: &Env, hub: &Hub, shared: &VmShared, old: &Machine) -> Result<Mach
         hub.cv.notify_all();
     }
     eprintln!(
-        "vlapic-vmm: migrate: {} -> {}: new VM {:.1} ms, pause {:.1} ms, save {:.1} ms, restore {:.1} ms (guest stopped {:.1} ms); halted {:?}",
+        "vlapic-vmm: migrate: {} -> {}: new VM {:.1} ms, pause {:.1} ms, save {:.1} ms, restore {:.1} ms (guest stopped {:.1} ms); halted {:?}, pending KVM ticks moved to IRR {:?}",
         mode_name(old.user),
         mode_name(user),
         (t_new - t0) as f64 / 1e6,
@@ -688,6 +722,7 @@ fn switch(env: &Env, hub: &Hub, shared: &VmShared, old: &Machine) -> Result<Mach
         (t_restored - t_saved) as f64 / 1e6,
         (t_restored - t_paused) as f64 / 1e6,
         snaps.iter().map(|s| s.halted).collect::<Vec<_>>(),
+        snaps.iter().map(|s| s.pending_tick).collect::<Vec<_>>(),
     );
     Ok(m)
 }
@@ -888,7 +923,15 @@ pub fn run(cfg: &Config) -> Result<i32> {
                 status.store((planned << 16) | (n + 1), Ordering::SeqCst);
             }
             Err(e) => {
-                outcome = Some(Outcome::Error(e.to_string()));
+                // The guest may have ended (debug-exit) while we paused:
+                // then its outcome stands.
+                let ended = shared
+                    .outcome
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+                    .clone();
+                outcome = Some(ended.unwrap_or(Outcome::Error(e.to_string())));
                 break;
             }
         }

@@ -95,6 +95,8 @@ pub struct VcpuThread {
     halted: bool,
     /// Kind of the last exit (statistics key).
     last_kind: &'static str,
+    /// Clock time the last `KVM_RUN` returned.
+    last_exit_ns: u64,
 }
 
 /// What to do after an exit was decoded (the exit borrows the vCPU).
@@ -139,6 +141,7 @@ impl VcpuThread {
             migrate: None,
             halted: false,
             last_kind: "",
+            last_exit_ns: 0,
             vm,
         }
     }
@@ -444,6 +447,8 @@ impl VcpuThread {
         let Some(hub) = self.migrate.clone() else {
             return Ok(Some(None));
         };
+        // When the guest last ran (before the completion entry below).
+        let exit_at = self.last_exit_ns;
         for _ in 0..16 {
             self.vcpu.set_kvm_immediate_exit(1);
             self.ctl.enter_guest();
@@ -472,6 +477,7 @@ impl VcpuThread {
             &self.vcpu,
             &mut self.lapic,
             halted,
+            exit_at,
             &self.vm.clock,
         )?
         else {
@@ -494,6 +500,7 @@ impl VcpuThread {
         crate::profile::before_run();
         let exit = self.vcpu.run();
         crate::profile::after_run();
+        self.last_exit_ns = vm.clock.now_ns();
         // Out of the guest: from here on a wake needs no signal (the next
         // entry polls after `enter_guest`). Handling the exit may wake this
         // very vCPU (an IPI to itself through the fabric); a signal then

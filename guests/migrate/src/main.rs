@@ -60,6 +60,14 @@ const Z64: AtomicU64 = AtomicU64::new(0);
 
 static CUR_GEN: Counters = [Z; NCPU];
 static TICKS: Counters = [Z; NCPU];
+/// Periodic ticks the CPU could not take in time (the previous one was
+/// still pending: coalesced), counted only within one switch generation
+/// (host load, not a switch); a tick lost at a switch is not excused.
+static COALESCED: Counters = [Z; NCPU];
+static LAST_TICK: [AtomicU64; NCPU] = [Z64; NCPU];
+static SEG_START: [AtomicU64; NCPU] = [Z64; NCPU];
+static LAST_TICK_GEN: Counters = [Z; NCPU];
+static PERIOD_TSC: AtomicU64 = AtomicU64::new(0);
 static DL_FIRED: Counters = [Z; NCPU];
 static DL_EARLY: Counters = [Z; NCPU];
 static DL_NEXT: [AtomicU64; NCPU] = [Z64; NCPU];
@@ -122,6 +130,20 @@ fn hook(v: u8) {
         PERIODIC_VEC => {
             inc(&TICKS[c]);
             inc(&TIMER_GEN[c][g]);
+            let now = cpu::rdtsc();
+            let gen = switches().0;
+            // Index of the period that ended last, on the TSC schedule
+            // since the timer started: more than one since the last tick
+            // means ticks were coalesced.
+            let p = PERIOD_TSC.load(Relaxed).max(1);
+            let m = (now - SEG_START[c].load(Relaxed)) / p;
+            let (last, lg) = (LAST_TICK[c].load(Relaxed), LAST_TICK_GEN[c].load(Relaxed));
+            if lg == gen && m > last + 1 {
+                let k = &COALESCED[c];
+                k.store(k.load(Relaxed) + (m - last - 1) as u32, Relaxed);
+            }
+            LAST_TICK[c].store(m, Relaxed);
+            LAST_TICK_GEN[c].store(gen, Relaxed);
         }
         DEADLINE_VEC => {
             let now = cpu::rdtsc();
@@ -210,7 +232,11 @@ impl Cpu {
                 apic::write(reg::LVT_TIMER, u32::from(PERIODIC_VEC) | (1 << 17));
                 apic::write(reg::TDCR, 0b0001);
                 TICKS[self.c].store(0, Relaxed);
+                COALESCED[self.c].store(0, Relaxed);
                 now = cpu::rdtsc();
+                SEG_START[self.c].store(now, Relaxed);
+                LAST_TICK[self.c].store(0, Relaxed);
+                LAST_TICK_GEN[self.c].store(switches().0, Relaxed);
                 apic::write(reg::TMICT, (conf::bus_khz() * PERIOD_MS / 4) as u32);
             }
             Kind::Deadline => {
@@ -241,7 +267,8 @@ impl Cpu {
             Kind::Periodic => {
                 apic::write(reg::TMICT, 0);
                 let n = u64::from(TICKS[c].load(Relaxed));
-                (n, (now - self.seg_start) / self.period_tsc, 0)
+                let k = u64::from(COALESCED[c].load(Relaxed));
+                (n, (now - self.seg_start) / self.period_tsc, k)
             }
             Kind::Deadline => {
                 cpu::wrmsr(apic::MSR_TSC_DEADLINE, 0);
@@ -457,6 +484,7 @@ pub fn guest_main(boot: &BootInfo) {
     let cpus = (boot.cpus as usize).clamp(1, NCPU);
     let x2 = conf::x2apic_offered();
     DL_PERIOD.store(ms_tsc(DEADLINE_MS), Relaxed);
+    PERIOD_TSC.store(ms_tsc(PERIOD_MS), Relaxed);
     let (g, planned) = switches();
     out()
         .s("migrate: ")
@@ -565,10 +593,23 @@ fn report(cpus: usize, planned: u32) {
                 .dec(expected)
                 .s(" expected from the TSC")
                 .nl();
-            // Periodic: a tick may be coalesced by a late handler; a
-            // lost expiry at a switch would show as one missing per switch.
-            let tol = 1 + expected / 100;
-            let ok = count <= expected + 1 && count + tol >= expected && early == 0;
+            // Periodic: ticks coalesced within a generation (host load)
+            // are excused, a tick lost at a switch is not; 1 for the
+            // segment's ends. Deadline: none early, none lost (the
+            // schedule is absolute, late ones catch up).
+            let periodic = kind == Kind::Periodic as u64;
+            let excused = if periodic { early } else { 0 };
+            if periodic {
+                out()
+                    .s(p)
+                    .s("  (")
+                    .dec(early)
+                    .s(" ticks coalesced within a generation: host load)")
+                    .nl();
+            }
+            let ok = count <= expected + 1
+                && count + 1 + excused >= expected
+                && (periodic || early == 0);
             check_pfx(
                 p,
                 "timer interrupts match the elapsed TSC (none lost, none extra, none early)",
