@@ -156,6 +156,15 @@ struct HubState {
     resume: Vec<Option<Resume>>,
 }
 
+/// How a vCPU thread left the guest for a switch.
+#[derive(Debug, Clone, Copy)]
+pub struct Paused {
+    /// Parked in HLT (userspace LAPIC).
+    pub halted: bool,
+    /// Clock time its last `KVM_RUN` returned.
+    pub exit_at: u64,
+}
+
 /// Meeting point of the vCPU threads and the VMM during a switch.
 pub struct Hub {
     st: Mutex<HubState>,
@@ -189,8 +198,7 @@ impl Hub {
         ctl: &VcpuControl,
         vcpu: &VcpuFd,
         lapic: &mut Option<Box<dyn LapicBackend>>,
-        halted: bool,
-        exit_at: u64,
+        paused: Paused,
         clock: &Clock,
     ) -> std::result::Result<Option<Resume>, String> {
         let i = index as usize;
@@ -209,7 +217,7 @@ impl Hub {
                 .0;
         }
         drop(g);
-        let snap = snapshot(index, vcpu, lapic, halted, exit_at, clock);
+        let snap = snapshot(index, vcpu, lapic, paused.halted, paused.exit_at, clock);
         let mut g = self.lock();
         g.snaps[i] = Some(snap);
         self.cv.notify_all();

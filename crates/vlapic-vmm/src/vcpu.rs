@@ -476,8 +476,7 @@ impl VcpuThread {
             &self.ctl,
             &self.vcpu,
             &mut self.lapic,
-            halted,
-            exit_at,
+            crate::migrate::Paused { halted, exit_at },
             &self.vm.clock,
         )?
         else {

@@ -17,15 +17,32 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+const TIMER_CHECK: &str = "timer interrupts match the elapsed TSC";
+
 /// Runs `guests/migrate` with `args`; asserts the guest passed, saw
 /// `switches` switches, and the VMM reported each (and no LAPIC field
 /// that KVM did not take back).
+///
+/// The periodic tick count excuses ticks coalesced within one switch
+/// generation (host load) but not across a switch, where a tick lost by
+/// the move looks the same as one coalesced by a descheduled vCPU. On a
+/// busy host that check alone may fail: it is retried (twice). A
+/// systematic loss at switches fails every attempt.
 fn run(args: &[&str], switches: usize) -> Output {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let guest = guest_dir().join("migrate.elf");
     let mut all = vec!["--kernel", guest.to_str().unwrap(), "--timeout", "60"];
     all.extend_from_slice(args);
-    let out = vmm(&all);
+    let mut out = vmm(&all);
+    for _ in 0..2 {
+        let so = text(&out.stdout);
+        let fails: Vec<&str> = so.lines().filter(|l| l.starts_with("FAIL:")).collect();
+        if fails.is_empty() || !fails.iter().all(|l| l.contains(TIMER_CHECK)) {
+            break;
+        }
+        eprintln!("retrying after a timer count failure (host load?):\n{so}");
+        out = vmm(&all);
+    }
     let (so, se) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(
         out.status.code(),
