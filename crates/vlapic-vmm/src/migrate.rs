@@ -721,7 +721,7 @@ fn switch(env: &Env, hub: &Hub, shared: &VmShared, old: &Machine) -> Result<Mach
         hub.cv.notify_all();
     }
     eprintln!(
-        "vlapic-vmm: migrate: {} -> {}: new VM {:.1} ms, pause {:.1} ms, save {:.1} ms, restore {:.1} ms (guest stopped {:.1} ms); halted {:?}, pending KVM ticks moved to IRR {:?}",
+        "vlapic-vmm: migrate: {} -> {}: new VM {:.1} ms, pause {:.1} ms, save {:.1} ms, restore {:.1} ms (guest stopped {:.1} ms); halted {:?}, pending KVM ticks moved to IRR {:?}, injected vector in events {:?}, IRR {:?}",
         mode_name(old.user),
         mode_name(user),
         (t_new - t0) as f64 / 1e6,
@@ -731,6 +731,11 @@ fn switch(env: &Env, hub: &Hub, shared: &VmShared, old: &Machine) -> Result<Mach
         (t_restored - t_paused) as f64 / 1e6,
         snaps.iter().map(|s| s.halted).collect::<Vec<_>>(),
         snaps.iter().map(|s| s.pending_tick).collect::<Vec<_>>(),
+        snaps
+            .iter()
+            .map(|s| (s.events.interrupt.injected != 0).then_some(s.events.interrupt.nr))
+            .collect::<Vec<_>>(),
+        snaps.iter().map(|s| s.apic.irr).collect::<Vec<_>>(),
     );
     Ok(m)
 }
