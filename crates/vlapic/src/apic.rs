@@ -480,10 +480,13 @@ impl LocalApic {
 
     /// A local interrupt source fired: the timer, the thermal sensor, a
     /// performance counter overflow, a corrected machine check, or an APIC
-    /// error. Delivers per the entry unless it is masked. After a PerfMon
-    /// interrupt the entry masks itself (Intel behaviour).
+    /// error. Delivers per the entry unless it is masked or the APIC is
+    /// hardware-disabled. After a PerfMon interrupt the entry masks itself
+    /// (Intel behaviour).
     pub fn fire_lvt(&mut self, lvt: Lvt) {
-        if lvt == Lvt::Cmci && !self.cfg.cmci {
+        // A hardware-disabled APIC delivers nothing (SDM 11.4.3); its
+        // registers may be non-reset only in a restored state.
+        if (lvt == Lvt::Cmci && !self.cfg.cmci) || self.mode == ApicMode::Disabled {
             return;
         }
         let entry = self.lvt[lvt.index()];

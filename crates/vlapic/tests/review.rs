@@ -204,3 +204,30 @@ fn lint_remote_irr_released_after_vector_change() {
     assert_eq!(r(&mut a, LVT_LINT0) & (1 << 14), 0, "remote IRR stuck");
     assert_eq!(take(&mut a), Some(0x42), "asserted pin redelivers");
 }
+
+/// Spec 2 / SDM 11.4.3: with `IA32_APIC_BASE.EN` = 0 the processor is
+/// "functionally equivalent to an IA-32 processor without an on-chip
+/// APIC"; `LocalApic::accept` documents "A hardware-disabled APIC accepts
+/// nothing", and KVM's `kvm_apic_local_deliver` delivers an LVT only when
+/// the APIC is hardware-enabled. `restore` accepts a disabled APIC that
+/// kept its registers (KVM keeps them on disable), but its timer then
+/// still fired through LVT Timer and latched the vector in IRR, which the
+/// guest got as soon as it re-enabled the APIC.
+#[test]
+fn hardware_disabled_apic_delivers_nothing_from_its_lvt() {
+    let mut a = xapic(1);
+    w(&mut a, TDCR, 0b1011); // /1
+    w(&mut a, LVT_TIMER, 0x40); // one-shot, unmasked
+    w(&mut a, TMICT, 1000);
+    let mut s = a.save(0);
+    s.apic_base = 0xFEE0_0000; // EN = 0, registers kept (as KVM has them)
+    let mut b = LocalApic::new(a.config().with_min_periodic_ns(0));
+    b.restore(0, &s).unwrap();
+    b.poll(5000);
+    assert!(
+        b.interrupt_registers().irr.is_empty(),
+        "hardware-disabled APIC latched its timer vector"
+    );
+    b.msr_write(5000, MSR_APIC_BASE, 0xFEE0_0800).unwrap();
+    assert_eq!(b.poll(5000).interrupt, None, "stale timer interrupt");
+}
