@@ -14,7 +14,7 @@
 //!    result reaches the registers without running guest code) and
 //!    reports to the [`Hub`].
 //! 3. When all are paused, each thread saves its vCPU ([`CpuSnapshot`]):
-//!    regs, sregs, FPU, XCRs, the MSRs in [`MSRS`], `kvm_vcpu_events`, a
+//!    regs, sregs, FPU, XCRs, XSAVE area, the MSRs in [`MSRS`], `kvm_vcpu_events`, a
 //!    guest TSC sample (value and clock time), and the LAPIC as a
 //!    [`vlapic::ApicState`]: with KVM's LAPIC from `KVM_GET_LAPIC` +
 //!    `IA32_APIC_BASE` + `IA32_TSC_DEADLINE` through [`vlapic_kvm::from_kvm`]
@@ -106,7 +106,6 @@ pub const MSRS: [u32; 11] = [
 ];
 
 /// Everything one vCPU takes from one VM to the next.
-#[derive(Clone)]
 pub struct CpuSnapshot {
     /// General registers.
     pub regs: kvm_regs,
@@ -116,6 +115,9 @@ pub struct CpuSnapshot {
     pub fpu: kvm_fpu,
     /// XCR0 and friends, if KVM has them.
     pub xcrs: Option<kvm_xcrs>,
+    /// The XSAVE area (legacy 4 KiB `kvm_xsave`: x87, SSE, AVX), if KVM
+    /// has it; restored after the FPU state, which it contains.
+    pub xsave: Option<Box<kvm_bindings::kvm_xsave>>,
     /// The MSRs of [`MSRS`] KVM knows.
     pub msrs: Vec<kvm_msr_entry>,
     /// Pending / injected events.
@@ -331,6 +333,7 @@ fn snapshot(
     let sregs = vcpu.get_sregs().map_err(kerr("KVM_GET_SREGS"))?;
     let fpu = vcpu.get_fpu().map_err(kerr("KVM_GET_FPU"))?;
     let xcrs = vcpu.get_xcrs().ok();
+    let xsave = vcpu.get_xsave().ok().map(Box::new);
     let events = vcpu
         .get_vcpu_events()
         .map_err(kerr("KVM_GET_VCPU_EVENTS"))?;
@@ -385,6 +388,7 @@ fn snapshot(
         sregs,
         fpu,
         xcrs,
+        xsave,
         msrs,
         events,
         tsc,
@@ -502,6 +506,11 @@ impl Env {
         vcpu.set_fpu(&s.fpu).map_err(kerr("KVM_SET_FPU"))?;
         if let Some(x) = &s.xcrs {
             vcpu.set_xcrs(x).map_err(kerr("KVM_SET_XCRS"))?;
+        }
+        if let Some(x) = &s.xsave {
+            // SAFETY: a whole kvm_xsave that KVM_GET_XSAVE filled on a
+            // vCPU with the same CPUID; KVM reads only that struct.
+            unsafe { vcpu.set_xsave(x) }.map_err(kerr("KVM_SET_XSAVE"))?;
         }
         set_msrs(vcpu, &s.msrs)?;
         if m.user {
@@ -674,7 +683,7 @@ fn switch(env: &Env, hub: &Hub, shared: &VmShared, old: &Machine) -> Result<Mach
             .unwrap_or_else(|e| e.into_inner())
             .0;
     }
-    let snaps = g
+    let mut snaps = g
         .snaps
         .iter_mut()
         .map(|s| s.take().unwrap_or_else(|| Err("missing".into())))
@@ -687,11 +696,10 @@ fn switch(env: &Env, hub: &Hub, shared: &VmShared, old: &Machine) -> Result<Mach
     let at = snaps.iter().map(|s| s.saved_at).max().unwrap_or(0);
     let khz = u64::from(env.tsc_khz);
     let mut resumes = Vec::with_capacity(cpus);
-    for (i, s) in snaps.iter().enumerate() {
+    for (i, s) in snaps.iter_mut().enumerate() {
         let tsc = s.tsc + ns_to_ticks(at - s.saved_at, khz);
-        let mut s = s.clone();
         advance_timer(&mut s.apic, at - s.saved_at);
-        let s = &s;
+        let s = &*s;
         if env.cfg.trace {
             eprintln!(
                 "vlapic-vmm: migrate: vCPU {i}: rip {:#x} halted {} mp/events {:?} apic {:?}",

@@ -138,9 +138,12 @@ fn hook(v: u8) {
             let p = PERIOD_TSC.load(Relaxed).max(1);
             let m = (now - SEG_START[c].load(Relaxed)) / p;
             let (last, lg) = (LAST_TICK[c].load(Relaxed), LAST_TICK_GEN[c].load(Relaxed));
-            if lg == gen && m > last + 1 {
+            // Signed: a late tick followed by a prompt one (jitter, or
+            // the timer's phase drifting against the TSC schedule) nets 0.
+            if lg == gen {
                 let k = &COALESCED[c];
-                k.store(k.load(Relaxed) + (m - last - 1) as u32, Relaxed);
+                let d = m as i64 - last as i64 - 1;
+                k.store((i64::from(k.load(Relaxed) as i32) + d) as u32, Relaxed);
             }
             LAST_TICK[c].store(m, Relaxed);
             LAST_TICK_GEN[c].store(gen, Relaxed);
@@ -267,7 +270,7 @@ impl Cpu {
             Kind::Periodic => {
                 apic::write(reg::TMICT, 0);
                 let n = u64::from(TICKS[c].load(Relaxed));
-                let k = u64::from(COALESCED[c].load(Relaxed));
+                let k = (COALESCED[c].load(Relaxed) as i32).max(0) as u64;
                 (n, (now - self.seg_start) / self.period_tsc, k)
             }
             Kind::Deadline => {
