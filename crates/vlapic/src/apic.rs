@@ -494,6 +494,12 @@ impl LocalApic {
             return;
         }
         match lvt.delivery(entry) {
+            Some(LvtDelivery::Fixed { .. }) if !self.svr.software_enabled() => {
+                // Only a restored state has an unmasked entry while
+                // software-disabled; Fixed interrupts are dropped then
+                // (SDM 11.4.7.2), as in `accept`.
+                self.stats.dropped += 1;
+            }
             Some(LvtDelivery::Fixed { vector, level }) => self.latch_fixed(vector, level),
             Some(LvtDelivery::Nmi) => self.pending.nmi = true,
             Some(LvtDelivery::Smi) => self.pending.smi = true,
@@ -555,7 +561,7 @@ impl LocalApic {
         let entry = self.lvt[idx];
         let pin = if lvt == Lvt::Lint0 { 0 } else { 1 };
         let active = self.lint_level[pin] ^ entry.active_low();
-        if entry.masked() || entry.remote_irr() || !active {
+        if entry.masked() || entry.remote_irr() || !active || !self.svr.software_enabled() {
             return;
         }
         if let Some(LvtDelivery::Fixed {
@@ -855,12 +861,17 @@ impl LocalApic {
         if self.cfg.suppress_eoi_broadcast {
             mask |= 1 << 12;
         }
+        let was_enabled = self.svr.software_enabled();
         self.svr = Svr::from_bits(value & mask);
         if !self.svr.software_enabled() {
             // Software disable masks every LVT entry (SDM 11.4.7.2).
             for e in &mut self.lvt {
                 e.set_masked(true);
             }
+        } else if !was_enabled {
+            // An entry left unmasked (restored state) sees its level again.
+            self.lint_level_check(Lvt::Lint0);
+            self.lint_level_check(Lvt::Lint1);
         }
     }
 

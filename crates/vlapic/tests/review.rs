@@ -231,3 +231,34 @@ fn hardware_disabled_apic_delivers_nothing_from_its_lvt() {
     b.msr_write(5000, MSR_APIC_BASE, 0xFEE0_0800).unwrap();
     assert_eq!(b.poll(5000).interrupt, None, "stale timer interrupt");
 }
+
+/// Spec 4: "Software disable (SVR[8]=0): ... Fixed and lowest-priority
+/// interrupts are dropped" (SDM 11.4.7.2; KVM's `__apic_accept_irq` drops
+/// Fixed when `!apic_enabled`). `restore` accepts an LVT entry left
+/// unmasked while software-disabled (KVM's BSP reset state has LINT0
+/// unmasked), but a Fixed delivery from such an entry was latched into
+/// IRR (and a level LINT set remote IRR) although messages are dropped.
+#[test]
+fn software_disabled_apic_drops_fixed_lvt_deliveries() {
+    let mut a = xapic(1);
+    w(&mut a, TDCR, 0b1011); // /1
+    w(&mut a, LVT_TIMER, 0x40); // one-shot, unmasked
+    w(&mut a, TMICT, 1000);
+    w(&mut a, LVT_LINT0, 0x8041); // level-triggered Fixed, unmasked
+    let mut s = a.save(0);
+    s.svr = 0xFF; // software-disabled, entries left unmasked
+    let mut b = LocalApic::new(a.config().with_min_periodic_ns(0));
+    b.restore(0, &s).unwrap();
+    b.set_lint(0, true);
+    b.poll(5000);
+    assert!(
+        b.interrupt_registers().irr.is_empty(),
+        "software-disabled APIC latched a Fixed LVT interrupt: {:?}",
+        b.interrupt_registers().irr
+    );
+    assert_eq!(
+        r(&mut b, LVT_LINT0) & (1 << 14),
+        0,
+        "remote IRR set for a dropped interrupt"
+    );
+}
