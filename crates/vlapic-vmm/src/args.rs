@@ -420,6 +420,43 @@ mod tests {
     }
 
     #[test]
+    fn switch_flags() {
+        let c = run(&["--kernel", "k", "--switch-irqchip-after", "500"]).unwrap();
+        assert_eq!(c.switch_after, Some(Duration::from_millis(500)));
+        assert_eq!((c.switch_back_after, c.switches), (None, 1));
+        let c = run(&[
+            "--kernel",
+            "k",
+            "--switch-irqchip-after=10",
+            "--switch-back-after",
+            "20",
+        ])
+        .unwrap();
+        assert_eq!(c.switch_back_after, Some(Duration::from_millis(20)));
+        assert_eq!(c.switches, 2);
+        let c = run(&[
+            "--kernel",
+            "k",
+            "--switch-irqchip-after=1",
+            "--switches",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(c.switches, 7);
+        assert!(run(&["--kernel", "k", "--switch-back-after", "20"]).is_err());
+        assert!(run(&["--kernel", "k", "--switches", "3"]).is_err());
+        assert!(run(&[
+            "--kernel",
+            "k",
+            "--switch-irqchip-after=1",
+            "--switches",
+            "0"
+        ])
+        .is_err());
+        assert_eq!(run(&["--kernel", "k"]).unwrap().switch_after, None);
+    }
+
+    #[test]
     fn errors() {
         assert!(run(&[]).is_err());
         assert!(run(&["--kernel"]).is_err());
