@@ -41,7 +41,11 @@
 //!
 //!    An interrupt that one side had already injected but the guest had
 //!    not taken yet is in `kvm_vcpu_events.interrupt` (its vector already
-//!    in ISR) and moves with the events.
+//!    in ISR) and moves with the events. A periodic tick KVM counted after
+//!    the vCPU left the guest (`lapic_timer.pending`, which
+//!    `kvm_lapic_state` does not carry) is put into IRR
+//!    ([`CpuSnapshot::pending_tick`]); a one-shot expiry in that window is
+//!    not recoverable (TMCCT 0 reads as stopped).
 //! 5. The threads swap in the new vCPU fd and LAPIC and go on; the old VM
 //!    is closed.
 //!
