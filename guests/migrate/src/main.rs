@@ -9,8 +9,10 @@
 //!   CPU 1 a TSC-deadline timer re-armed in its handler on an absolute
 //!   3 ms schedule; with 1 CPU the timer changes kind every two switches
 //!   (periodic across switches 1 and 2, TSC deadline across 3 and 4) after
-//!   a settle time (switches more than 300 ms apart). Per timer segment: periodic ticks vs elapsed TSC,
-//!   deadline interrupts vs deadlines passed, no deadline early;
+//!   a settle time (switches more than 300 ms apart). Per timer segment:
+//!   periodic ticks vs elapsed TSC (ticks coalesced within one switch
+//!   generation excused), deadline interrupts vs deadlines passed, no
+//!   deadline early;
 //! - self-IPIs (ICR shorthand self, and the x2APIC SELF IPI register),
 //!   one at a time with a sequence count: each delivered exactly once;
 //! - with 2 CPUs, fixed IPIs to the other CPU, same rule;
