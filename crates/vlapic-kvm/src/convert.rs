@@ -64,6 +64,14 @@
 //! - Restoring a one-shot with TMICT != 0 and TMCCT 0 (expired) makes KVM
 //!   fire it again at once (from KVM's `set_target_expiration`, not
 //!   measured: the vCPUs are not run).
+//! - KVM keeps timer expiries it has not yet put into IRR in a counter
+//!   outside `kvm_lapic_state` (it injects them at the next vCPU entry).
+//!   A one-shot or TSC-deadline timer that expired after the vCPU's last
+//!   entry therefore reads as "expired" with no IRR bit, and [`from_kvm`]
+//!   cannot recover the interrupt: save KVM's LAPIC right after a
+//!   `KVM_RUN` returned (as `vlapic-vmm`'s migration does), or set the
+//!   LVT Timer vector in IRR yourself when the expiry is known to be
+//!   undelivered. (Measured by `vlapic-vmm --switch-irqchip-after`.)
 
 use kvm_bindings::{
     kvm_lapic_state, kvm_mp_state, kvm_vcpu_events, KVM_MP_STATE_INIT_RECEIVED,
@@ -192,6 +200,12 @@ impl Extras {
     /// `nmi.pending`, `smi.pending` and `smi.latched_init` give the pending
     /// NMI, SMI and INIT. No ESR latch, LINT levels or ExtINT: zero.
     ///
+    /// Those three events then live in two places: the `ApicState` built
+    /// from these extras and the `kvm_vcpu_events` they came from. An
+    /// embedder that restores the same events into another VM must clear
+    /// them on one side (e.g. `events.nmi.pending = 0` before restoring),
+    /// or the NMI is delivered twice.
+    ///
     /// ```
     /// use kvm_bindings::{kvm_mp_state, kvm_vcpu_events, KVM_MP_STATE_UNINITIALIZED};
     /// use vlapic::RunState;
@@ -246,8 +260,13 @@ pub fn kvm_mp_state_of(state: &ApicState) -> kvm_mp_state {
 /// sets their valid flags). The pending SMI and latched INIT are written
 /// only if `events` already has `KVM_VCPUEVENT_VALID_SMM` (i.e. came from
 /// `KVM_GET_VCPU_EVENTS`), so that the SMM state beside them is KVM's own.
+///
+/// The pending NMI is merged (an NMI KVM already has pending stays). A
+/// pending INIT can only travel in `smi.latched_init`; without
+/// `KVM_VCPUEVENT_VALID_SMM` it is not written, so deliver a pending INIT
+/// (`LocalApic::take_init` and the vCPU reset) before converting.
 pub fn apply_to_vcpu_events(state: &ApicState, events: &mut kvm_vcpu_events) {
-    events.nmi.pending = state.pending_nmi as u8;
+    events.nmi.pending |= state.pending_nmi as u8;
     events.flags |= KVM_VCPUEVENT_VALID_NMI_PENDING;
     if let Some(v) = state.pending_sipi {
         events.sipi_vector = v as u32;
