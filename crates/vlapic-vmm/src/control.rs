@@ -118,6 +118,25 @@ fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 }
 
 impl VcpuControl {
+    /// Control blocks for `cpus` vCPUs at power-on: vCPU 0 (the BSP)
+    /// running, the APs waiting for INIT.
+    pub fn for_vcpus(cpus: u32) -> Arc<Vec<Arc<VcpuControl>>> {
+        Arc::new(
+            (0..cpus)
+                .map(|i| {
+                    Arc::new(VcpuControl::new(
+                        i,
+                        if i == 0 {
+                            RunState::Running
+                        } else {
+                            RunState::WaitForInit
+                        },
+                    ))
+                })
+                .collect(),
+        )
+    }
+
     /// A control block; the BSP starts [`RunState::Running`], APs
     /// [`RunState::WaitForInit`] (userspace LAPIC only; with KVM's
     /// in-kernel LAPIC, KVM does this itself).

@@ -788,20 +788,7 @@ pub fn run(cfg: &Config) -> Result<i32> {
         .find(|e| e.function == 0x8000_0008)
         .map_or(46, |e| (e.eax & 0xff) as u8);
     let clock = Clock::new();
-    let controls: Arc<Vec<Arc<VcpuControl>>> = Arc::new(
-        (0..cfg.cpus)
-            .map(|i| {
-                Arc::new(VcpuControl::new(
-                    i,
-                    if i == 0 {
-                        RunState::Running
-                    } else {
-                        RunState::WaitForInit
-                    },
-                ))
-            })
-            .collect(),
-    );
+    let controls = VcpuControl::for_vcpus(cfg.cpus);
     let mut env = Env {
         kvm: kvm_sys,
         cfg: cfg.clone(),

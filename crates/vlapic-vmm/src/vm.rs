@@ -13,7 +13,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRe
 
 use crate::args::{Config, IrqchipMode, SerialOut};
 use crate::boot;
-use crate::control::{install_kick_handler, Clock, RunState, TimerService, VcpuControl};
+use crate::control::{install_kick_handler, Clock, TimerService, VcpuControl};
 use crate::cpuid::{self, CpuidParams};
 use crate::devices::fw_cfg::FwCfg;
 use crate::devices::ioapic::{IoApicDevice, IoApicSink, IrqLines, Lines, IOAPIC_PINS};
@@ -322,20 +322,7 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
         .map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
 
     let clock = Clock::new();
-    let controls: Arc<Vec<Arc<VcpuControl>>> = Arc::new(
-        (0..cfg.cpus)
-            .map(|i| {
-                Arc::new(VcpuControl::new(
-                    i,
-                    if i == 0 {
-                        RunState::Running
-                    } else {
-                        RunState::WaitForInit
-                    },
-                ))
-            })
-            .collect(),
-    );
+    let controls = VcpuControl::for_vcpus(cfg.cpus);
     // The IOAPIC: ours (user mode with the vlapic backend: into its
     // fabric; split: KVM_SIGNAL_MSI), or KVM's (kernel mode).
     let custom_factory = factory.is_some();
