@@ -299,8 +299,12 @@ impl VcpuThread {
                     self.vm.finish(o);
                     return Ok(());
                 }
-                Next::Fatal(msg) => return Err(format!("{msg}\n{}", self.dump())),
-                Next::InternalError => return Err(self.internal_error()),
+                Next::Fatal(msg) => {
+                    return Err(format!("{msg}\n{}\n{}", self.dump(), self.lapic_dump()))
+                }
+                Next::InternalError => {
+                    return Err(format!("{}\n{}", self.internal_error(), self.lapic_dump()))
+                }
             }
         }
     }
@@ -457,8 +461,12 @@ impl VcpuThread {
                     self.vm.finish(o);
                     return Ok(None);
                 }
-                Next::Fatal(msg) => return Err(format!("{msg}\n{}", self.dump())),
-                Next::InternalError => return Err(self.internal_error()),
+                Next::Fatal(msg) => {
+                    return Err(format!("{msg}\n{}\n{}", self.dump(), self.lapic_dump()))
+                }
+                Next::InternalError => {
+                    return Err(format!("{}\n{}", self.internal_error(), self.lapic_dump()))
+                }
                 Next::Continue | Next::Halt => {}
             }
             if self.last_kind == "kick" {
@@ -706,6 +714,24 @@ impl VcpuThread {
         out
     }
 
+    /// This vCPU's local APIC, decoded one register per line: vlapic's
+    /// state (shown in KVM's layout) with the userspace LAPIC, KVM's
+    /// `KVM_GET_LAPIC` with the in-kernel one.
+    pub fn lapic_dump(&mut self) -> String {
+        let now = self.vm.clock.now_ns();
+        let kvm = match self.lapic.as_mut() {
+            Some(l) => match l.save_state(now) {
+                Some(state) => vlapic_kvm::to_kvm(&state, vlapic_kvm::IdFormat::Full32).view(),
+                None => return "  LAPIC: (no state from this backend)".into(),
+            },
+            None => match self.vcpu.get_lapic() {
+                Ok(raw) => vlapic_kvm::KvmLapic::from(raw),
+                Err(e) => return format!("  LAPIC: KVM_GET_LAPIC failed: {e}"),
+            },
+        };
+        format!("  LAPIC:\n{}", indent(&kvm.to_string()))
+    }
+
     /// Register dump for error reports.
     pub fn dump(&self) -> String {
         let (Ok(r), Ok(s)) = (self.vcpu.get_regs(), self.vcpu.get_sregs()) else {
@@ -739,6 +765,13 @@ fn sync_cr8_in(run_ptr: usize, entry_cr8: u8, lapic: &mut Option<Box<dyn LapicBa
 
 fn in_apic_page(base: Option<u64>, addr: u64) -> bool {
     base.is_some_and(|b| addr >= b && addr < b + APIC_MMIO_SIZE)
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn hex(b: &[u8]) -> String {

@@ -273,19 +273,25 @@ fn triple_fault_is_reported() {
     // Long mode with an empty IDT: UD2 -> #UD -> #GP -> #DF -> shutdown.
     let elf = make_elf(true, 0x10_0000, 0x10_0000, &[0x0f, 0x0b], 0);
     let p = tmpfile("tf.elf", &elf);
-    let out = vmm(&[
-        "--kernel",
-        p.to_str().unwrap(),
-        "--irqchip",
-        "kernel",
-        "--timeout",
-        "20",
-    ]);
-    let se = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{se}");
-    assert!(se.contains("triple fault"), "{se}");
-    assert!(se.contains("rip=0x0000000000100000"), "{se}");
-    assert!(se.contains("code at rip: 0f 0b"), "{se}");
+    for irqchip in ["kernel", "user"] {
+        let out = vmm(&[
+            "--kernel",
+            p.to_str().unwrap(),
+            "--irqchip",
+            irqchip,
+            "--timeout",
+            "20",
+        ]);
+        let se = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{irqchip}: {se}");
+        assert!(se.contains("triple fault"), "{irqchip}: {se}");
+        assert!(se.contains("rip=0x0000000000100000"), "{irqchip}: {se}");
+        assert!(se.contains("code at rip: 0f 0b"), "{irqchip}: {se}");
+        // The vCPU's LAPIC, decoded (reset state: software-disabled SVR).
+        assert!(se.contains("LAPIC:"), "{irqchip}: {se}");
+        assert!(se.contains("SVR"), "{irqchip}: {se}");
+        assert!(se.contains("0x000000ff"), "{irqchip}: {se}");
+    }
 }
 
 #[test]
