@@ -382,7 +382,7 @@ fn smp_startup_and_ipis() {
     }
     let smp = guest_dir().join("smp.elf").to_string_lossy().into_owned();
     for chip in ["kernel", "user"] {
-        for cpus in ["1", "2", "4"] {
+        for cpus in ["1", "2", "4", "8"] {
             let out = vmm(&[
                 "--kernel",
                 &smp,
