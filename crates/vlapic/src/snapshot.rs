@@ -112,7 +112,7 @@ pub enum StateError {
     /// ESR or the pending ESR has undefined bits set.
     Esr(u32),
     /// An LVT entry has bits outside its layout (or remote IRR without
-    /// level trigger or with a vector 0-15), or CMCI is used without CMCI. An entry unmasked
+    /// level trigger), or CMCI is used without CMCI. An entry unmasked
     /// while the APIC is software-disabled is accepted (KVM's BSP reset
     /// state has LVT LINT0 = 0x700 with SVR = 0xFF).
     Lvt(Lvt, u32),
@@ -241,9 +241,7 @@ impl LocalApic {
             // reset has LVT LINT0 = 0x700 with SVR = 0xFF): accepted.
             let bad = raw & !allowed != 0
                 || (lvt == Lvt::Cmci && !self.cfg.cmci && raw != LVT_RESET)
-                || (e.remote_irr() && !e.level_triggered())
-                // Only the EOI of a latched (legal) vector clears it.
-                || (e.remote_irr() && e.vector() < 16);
+                || (e.remote_irr() && !e.level_triggered());
             if bad {
                 return Err(StateError::Lvt(lvt, raw));
             }
