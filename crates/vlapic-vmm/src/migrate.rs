@@ -955,20 +955,7 @@ pub fn run(cfg: &Config) -> Result<i32> {
     };
     shared.finish(outcome.clone());
     timers.shutdown();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    {
-        let mut g = shared.outcome.lock().unwrap_or_else(|e| e.into_inner());
-        while g.1 > 0 && Instant::now() < deadline {
-            g = shared
-                .done
-                .wait_timeout(g, Duration::from_millis(50))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-            for v in controls.iter() {
-                v.stop();
-            }
-        }
-    }
+    shared.wait_threads_exited(Duration::from_secs(2));
     let stats: Vec<Option<VcpuStats>> = threads
         .into_iter()
         .map(|h| if h.is_finished() { h.join().ok() } else { None })

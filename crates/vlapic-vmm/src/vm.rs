@@ -80,6 +80,25 @@ impl VmShared {
         }
     }
 
+    /// Waits up to `timeout` for every vCPU thread to report its exit,
+    /// stopping them again while waiting (a stop can race a thread that
+    /// was about to enter the guest). Returns whether all exited.
+    pub(crate) fn wait_threads_exited(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        while g.1 > 0 && Instant::now() < deadline {
+            g = self
+                .done
+                .wait_timeout(g, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            for v in self.vcpus.iter() {
+                v.stop();
+            }
+        }
+        g.1 == 0
+    }
+
     pub(crate) fn thread_exited(&self) {
         self.outcome.lock().unwrap_or_else(|e| e.into_inner()).1 -= 1;
         self.done.notify_all();
@@ -521,21 +540,7 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
         t.shutdown();
     }
     // Give the vCPU threads a moment to leave KVM_RUN; don't hang on one.
-    let all_exited = {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut g = shared.outcome.lock().unwrap_or_else(|e| e.into_inner());
-        while g.1 > 0 && Instant::now() < deadline {
-            g = shared
-                .done
-                .wait_timeout(g, Duration::from_millis(50))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-            for v in controls.iter() {
-                v.stop();
-            }
-        }
-        g.1 == 0
-    };
+    let all_exited = shared.wait_threads_exited(Duration::from_secs(2));
     // A thread that reported its exit is about to finish: join it. One
     // stuck in the kernel is left behind (the process exits anyway).
     let stats: Vec<Option<VcpuStats>> = threads
