@@ -861,21 +861,7 @@ pub fn run(cfg: &Config) -> Result<i32> {
             initial,
         )
         .with_migration(hub.clone());
-        let sh = shared.clone();
-        let ctl = controls[i as usize].clone();
-        let h = std::thread::Builder::new()
-            .name(format!("vcpu{i}"))
-            .spawn(move || {
-                let stats = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.run()))
-                    .unwrap_or_else(|_| {
-                        ctl.unbind_thread();
-                        sh.finish(Outcome::Error(format!("vCPU {i}: panic")));
-                        VcpuStats::default()
-                    });
-                sh.thread_exited();
-                stats
-            })
-            .map_err(|e| Error::Io("spawning a vCPU thread".into(), e))?;
+        let h = crate::vm::spawn_vcpu(i, t, &shared, controls[i as usize].clone())?;
         threads.push(h);
     }
     eprintln!(

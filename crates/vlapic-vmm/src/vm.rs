@@ -105,6 +105,36 @@ impl VmShared {
     }
 }
 
+/// Runs a vCPU thread. A panic (a LAPIC model bug hit by guest input) ends
+/// the VM with an error: unwinding past `thread_exited` would leave the VMM
+/// waiting forever for this vCPU.
+pub(crate) fn spawn_vcpu(
+    i: u32,
+    t: VcpuThread,
+    shared: &Arc<VmShared>,
+    ctl: Arc<VcpuControl>,
+) -> Result<std::thread::JoinHandle<VcpuStats>> {
+    let sh = shared.clone();
+    std::thread::Builder::new()
+        .name(format!("vcpu{i}"))
+        .spawn(move || {
+            let stats = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.run()))
+                .unwrap_or_else(|p| {
+                    ctl.unbind_thread();
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "(no message)".into());
+                    sh.finish(Outcome::Error(format!("vCPU {i}: panic: {msg}")));
+                    VcpuStats::default()
+                });
+            sh.thread_exited();
+            stats
+        })
+        .map_err(|e| Error::Io("spawning a vCPU thread".into(), e))
+}
+
 pub(crate) fn open_serial(s: &SerialOut) -> Result<Box<dyn Write + Send>> {
     Ok(match s {
         SerialOut::Stdout => Box::new(std::io::stdout()),
@@ -474,29 +504,7 @@ pub fn run(cfg: &Config, factory: Option<BackendFactory>) -> Result<i32> {
             lapic,
             initial,
         );
-        let sh = shared.clone();
-        let ctl = controls[i as usize].clone();
-        let h = std::thread::Builder::new()
-            .name(format!("vcpu{i}"))
-            .spawn(move || {
-                // A panic (a LAPIC model bug hit by guest input) must end
-                // the VM with an error: unwinding past `thread_exited`
-                // left the VMM waiting forever for this vCPU.
-                let stats = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.run()))
-                    .unwrap_or_else(|p| {
-                        ctl.unbind_thread();
-                        let msg = p
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| p.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "(no message)".into());
-                        sh.finish(Outcome::Error(format!("vCPU {i}: panic: {msg}")));
-                        VcpuStats::default()
-                    });
-                sh.thread_exited();
-                stats
-            })
-            .map_err(|e| Error::Io("spawning a vCPU thread".into(), e))?;
+        let h = spawn_vcpu(i, t, &shared, controls[i as usize].clone())?;
         threads.push(h);
     }
     if cfg.trace {
